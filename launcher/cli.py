@@ -1,0 +1,90 @@
+"""`python -m launcher {run,render} RECIPE [section.field=value ...]`: parse, build, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from launcher.errors import RecipeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launcher",
+                                     description="Fine-tune BERT-family encoders from a recipe.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "plan and train a recipe"),
+                            ("render", "write the plan files without running anything")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="recipe file, e.g. recipes/tiny_news.py")
+        p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                       help="change a recipe value, e.g. optim.lr=3e-5 scale.micro_batch=16")
+        p.add_argument("--nodes", type=int, help="machines (sets scale.nodes)")
+        p.add_argument("--nproc-per-node", "--gpus-per-node", dest="procs_per_node", type=int,
+                       help="processes per machine (sets scale.procs_per_node)")
+        p.add_argument("--explain", action="store_true",
+                       help="print every resolved value and where it came from")
+    sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
+    sub.choices["run"].add_argument("--dry-run", action="store_true",
+                                    help="write RUN_DIR/plan/ and stop before launching")
+    return parser
+
+
+def _scale_overrides(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for flag, key, value in (("--nodes", "scale.nodes", args.nodes),
+                             ("--nproc-per-node", "scale.procs_per_node", args.procs_per_node)):
+        if value is not None:
+            flags.append(f"{key}={value}")
+    return flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
+    console = Console()
+    try:
+        return _dispatch(args, console)
+    except RecipeError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err.one_line()}", highlight=False,
+                                   soft_wrap=True)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    from launcher import plan as plan_mod
+    from launcher.plan.explain import explain
+    from launcher.recipe.load import load
+
+    loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
+    if args.command == "render":
+        plan = plan_mod.build(loaded)
+        if args.explain:
+            explain(plan, console)
+        for path in plan_mod.write(plan, Path(args.out)):
+            console.print(f"wrote {path}")
+        return 0
+
+    from launcher.executors.local import LocalExecutor
+
+    executor = LocalExecutor()
+    plan = plan_mod.build(loaded)
+    executor.check(plan)
+    if args.explain:
+        explain(plan, console)
+    plan_dir = executor.prepare(plan)
+    if args.dry_run:
+        console.print(f"plan written to {plan_dir}; not launched (--dry-run)")
+        return 0
+    return executor.run(plan, plan_dir, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""One rank of a job: `python -m launcher.engine RUN_DIR/plan/plan.json` (under torchrun).
+
+The engine reads the plan file and torch.distributed's own environment, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from launcher.plan.build import Plan
+from launcher.run_dir import RunDir
+
+
+def _setup_logging(rd: RunDir, rank: int) -> None:
+    rd.logs.mkdir(parents=True, exist_ok=True)
+    path = rd.rank_log(rank)
+    if rank != 0:
+        # Everything a non-zero rank prints, C++ warnings included, goes to its own log only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s"))
+    root = logging.getLogger("launcher")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m launcher.engine PLAN_JSON", file=sys.stderr)
+        return 2
+    plan_path = Path(argv[0])
+    plan = Plan.from_json(plan_path.read_text())
+    rd = RunDir(plan.run_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    _setup_logging(rd, rank)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    trainer = None
+    try:
+        from launcher.engine.trainer import Trainer
+
+        trainer = Trainer(plan, plan_path.parent)
+        trainer.train()
+        return 0
+    except BaseException as err:
+        # The executor names the first rank with an error file as the job's root cause.
+        text = traceback.format_exc()
+        logging.getLogger("launcher.engine").error("failed: %s\n%s", err, text)
+        rd.rank_error(rank).write_text(text)
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()

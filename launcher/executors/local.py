@@ -1,0 +1,110 @@
+"""Run a plan on this machine: torchrun with N processes, rank 0 live on the terminal.
+
+stdout is inherited so rank 0's progress bar stays live (rich needs a terminal); stderr is
+relayed line by line so that, when a rank dies, torchrun's own failure summary can be read to
+name the rank even if it died too hard to write its own error file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+from rich.console import Console
+
+from launcher import plan as plan_mod
+from launcher.errors import RecipeError
+from launcher.plan.build import Plan
+from launcher.run_dir import RunDir
+
+_ROOT_CAUSE_RANK = re.compile(r"rank\s*:\s*(\d+)")
+_EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+class LocalExecutor:
+    def check(self, plan: Plan) -> None:
+        if plan.nodes != 1:
+            raise RecipeError("scale.nodes", f"is {plan.nodes} but the local executor runs on one "
+                              "machine", "use --nodes 1 here, or render the plan for a cluster "
+                              "with `python -m launcher render`")
+        rd = RunDir(plan.run_dir)
+        if rd.latest() is not None or rd.final.exists():
+            raise RecipeError("run.output_dir", f"{plan.run_dir} already holds a run; resuming "
+                              "it is not supported yet", "choose a new run.output_dir (or leave "
+                              "it unset for a fresh timestamped one); nothing there was touched")
+
+    def prepare(self, plan: Plan) -> Path:
+        rd = RunDir(plan.run_dir)
+        rd.logs.mkdir(parents=True, exist_ok=True)
+        plan_mod.write(plan, rd.plan)
+        return rd.plan
+
+    def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+        rd = RunDir(plan.run_dir)
+        env = dict(os.environ, PYTHON=sys.executable)
+        if _all_local(plan):
+            # Nothing to fetch: never wait on a hub that may be unreachable from this node.
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            env.setdefault("HF_DATASETS_OFFLINE", "1")
+        console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
+                      f"{plan.run_dir}", highlight=False)
+        proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+        tail: deque[str] = deque(maxlen=200)
+        relay = threading.Thread(target=_relay, args=(proc.stderr, tail), daemon=True)
+        relay.start()
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            rc = proc.wait()
+        relay.join(timeout=5)
+        if rc != 0:
+            _report_failure(rd, list(tail), rc, plan.world_size)
+        return rc
+
+
+def _relay(stream, tail: deque) -> None:
+    for line in stream:
+        tail.append(line)
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _all_local(plan: Plan) -> bool:
+    d, m = plan.recipe.data, plan.recipe.model
+    paths = [m.name, m.tokenizer or m.name, d.train] + ([d.eval] if d.eval else [])
+    return all(Path(p).exists() for p in paths)
+
+
+def failed_rank(rd: RunDir, torchrun_stderr: list[str]) -> int | None:
+    """The rank that failed first: from the ranks' own error files, else torchrun's summary."""
+    errors = sorted(rd.logs.glob("rank*.error"), key=lambda p: p.stat().st_mtime)
+    if errors:
+        return int(errors[0].stem.removeprefix("rank"))
+    text = "".join(torchrun_stderr)
+    root = text.rfind("Root Cause")
+    match = _ROOT_CAUSE_RANK.search(text, root) if root >= 0 else None
+    return int(match.group(1)) if match else None
+
+
+def _report_failure(rd: RunDir, stderr_tail: list[str], rc: int, world: int) -> None:
+    console = Console(stderr=True)
+    rank = failed_rank(rd, stderr_tail)
+    if rank is None:
+        console.print(f"[bold red]job failed[/] (exit status {rc}); no rank reported an error. "
+                      f"Logs: {rd.logs}", highlight=False)
+        return
+    log = rd.rank_log(rank)
+    lines = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+    code = _EXIT_CODE.search("".join(stderr_tail))
+    how = f" (exit code {code.group(1)})" if code else ""
+    console.print(f"[bold red]rank {rank} of {world} failed{how}[/]; the job was stopped. "
+                  f"Last lines of {log}:", highlight=False)
+    for line in lines:
+        console.print(f"  {line}", highlight=False, markup=False)

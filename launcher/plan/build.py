@@ -1,0 +1,162 @@
+"""Recipe -> Plan: every derived value (world size, accumulation, steps) computed once, here.
+
+Pure apart from reading the first row and the row count of local data files, so that a
+missing column or a batch larger than the data is caught before anything is queued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from launcher import sources as src_mod
+from launcher.errors import RecipeError
+from launcher.recipe.load import LoadedRecipe, recipe_from_dict
+from launcher.recipe.schema import Recipe, to_dict
+from launcher.recipe.validate import validate
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    recipe_path: str
+    name: str
+    run_dir: str
+    nodes: int
+    procs_per_node: int
+    world_size: int
+    micro_batch: int
+    grad_accum: int
+    global_batch: int
+    eval_micro_batch: int
+    train_examples: Optional[int]
+    steps_per_epoch: Optional[int]
+    total_steps: int
+    warmup_steps: int
+    has_eval: bool
+    # dotted field -> where its value came from, for `--explain`
+    sources: dict[str, str]
+
+    @property
+    def derived(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("recipe", "sources", "recipe_path", "name", "run_dir")}
+
+    def to_json(self) -> str:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["recipe"] = to_dict(self.recipe)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        data = json.loads(text)
+        data["recipe"] = recipe_from_dict(data["recipe"])
+        return cls(**data)
+
+
+def build(loaded: LoadedRecipe, *, run_dir: Optional[str] = None) -> Plan:
+    try:
+        return _build(loaded, run_dir)
+    except RecipeError as err:
+        raise err.with_source(str(loaded.path)) from None
+
+
+def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
+    recipe, sources = loaded.recipe, dict(loaded.sources)
+    validate(recipe)
+    s, r = recipe.scale, recipe.run
+    world = s.nodes * s.procs_per_node
+    grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
+    sources["scale.grad_accum"] = sources["scale.grad_accum"] if s.grad_accum else "derived"
+    sources["scale.global_batch"] = sources["scale.global_batch"] if s.global_batch else "derived"
+
+    train, eval_src = _sources(recipe)
+    train_examples = _train_examples(recipe, train)
+    steps_per_epoch = None
+    if train_examples is not None:
+        # The last partial global batch of an epoch is dropped so every rank runs the same
+        # number of steps without agreeing on it at run time.
+        steps_per_epoch = train_examples // global_batch
+        if steps_per_epoch == 0:
+            raise RecipeError("scale.global_batch",
+                              f"one optimizer step needs {global_batch} examples but data.train "
+                              f"has {train_examples}", "lower scale.micro_batch or scale.grad_accum")
+    total_steps = r.max_steps if r.max_steps is not None else steps_per_epoch * r.epochs
+    name = r.name or loaded.path.stem
+    directory = run_dir or r.output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Plan(
+        recipe=recipe, recipe_path=str(loaded.path.resolve()), name=name,
+        run_dir=str(Path(directory).expanduser().resolve()),
+        nodes=s.nodes, procs_per_node=s.procs_per_node, world_size=world,
+        micro_batch=s.micro_batch, grad_accum=grad_accum, global_batch=global_batch,
+        eval_micro_batch=recipe.eval.micro_batch or 2 * s.micro_batch,
+        train_examples=train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        warmup_steps=math.ceil(recipe.optim.warmup_ratio * total_steps),
+        has_eval=eval_src is not None, sources=sources,
+    )
+
+
+def _batch(micro: int, accum: Optional[int], global_batch: Optional[int], world: int) -> tuple[int, int]:
+    per_step = micro * world
+    if global_batch is None:
+        accum = accum or 1
+        return accum, per_step * accum
+    if accum is not None and per_step * accum != global_batch:
+        raise RecipeError("scale.global_batch",
+                          f"is {global_batch} but micro_batch x grad_accum x world size is "
+                          f"{micro} x {accum} x {world} = {per_step * accum}",
+                          f"drop scale.grad_accum (it is derived) or set scale.global_batch="
+                          f"{per_step * accum}")
+    if global_batch % per_step:
+        raise RecipeError("scale.global_batch",
+                          f"{global_batch} is not a multiple of micro_batch x world size "
+                          f"({micro} x {world} = {per_step})",
+                          f"set scale.global_batch to a multiple of {per_step}, e.g. "
+                          f"{max(1, round(global_batch / per_step)) * per_step}")
+    return global_batch // per_step, global_batch
+
+
+def _sources(recipe: Recipe) -> tuple[src_mod.Source, Optional[src_mod.Source]]:
+    d = recipe.data
+    train = src_mod.resolve(d.train, config=d.dataset_config, split=d.train_split)
+    if d.eval is not None:
+        eval_src = src_mod.resolve(d.eval, config=d.dataset_config, split=d.eval_split)
+    elif not train.is_local:
+        eval_src = src_mod.resolve(d.train, config=d.dataset_config, split=d.eval_split)
+    else:
+        eval_src = None
+    for field, src in (("data.train", train), ("data.eval", eval_src)):
+        if src is not None and src.is_local:
+            _check_local(recipe, field, src)
+    return train, eval_src
+
+
+def _check_local(recipe: Recipe, field: str, src: src_mod.Source) -> None:
+    if not src.path.is_file():
+        raise RecipeError(field, f"file {src.name} does not exist",
+                          "fix the path (relative paths start at the current directory)")
+    have = src_mod.columns(src)
+    d = recipe.data
+    for col_field in ("text_column", "text_pair_column", "label_column", "id_column"):
+        col = getattr(d, col_field)
+        if col is not None and col not in have:
+            raise RecipeError(f"data.{col_field}",
+                              f"column '{col}' is not in {src.name} (it has {', '.join(have)})",
+                              f"set data.{col_field} to one of its columns")
+
+
+def _train_examples(recipe: Recipe, train: src_mod.Source) -> Optional[int]:
+    if recipe.data.train_examples is not None:
+        return recipe.data.train_examples
+    if train.is_local:
+        return src_mod.count_rows(train)
+    if recipe.run.max_steps is not None:
+        return None  # a stream of unknown length: the engine starts a new epoch when it ends
+    raise RecipeError("data.train_examples",
+                      f"is needed to plan run.epochs for hub dataset '{train.name}'",
+                      "set data.train_examples to the split's size, or use run.max_steps")

@@ -1,0 +1,27 @@
+"""`--explain`: every resolved value and where it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.plan.build import Plan
+from launcher.recipe.schema import SECTIONS
+
+
+def explain(plan: Plan, console: Console) -> None:
+    table = Table(title=f"Resolved plan for {plan.recipe_path}", show_lines=False)
+    for col in ("field", "value", "from"):
+        table.add_column(col)
+    for name in SECTIONS:
+        section = getattr(plan.recipe, name)
+        for f in dataclasses.fields(section):
+            key = f"{name}.{f.name}"
+            value = plan.derived.get(f.name) if plan.sources.get(key) == "derived" else getattr(section, f.name)
+            table.add_row(key, repr(value), plan.sources.get(key, "default"))
+    for key, value in plan.derived.items():
+        table.add_row(f"plan.{key}", repr(value), "derived")
+    table.add_row("plan.run_dir", plan.run_dir, "derived")
+    console.print(table)

@@ -1,0 +1,7 @@
+"""Recipes: what a user declares. `from launcher.recipe import Recipe, ModelConfig, ...`."""
+
+from launcher.recipe.schema import (CheckpointConfig, DataConfig, EvalConfig, ModelConfig,
+                                    OptimConfig, Recipe, RunConfig, ScaleConfig, TaskConfig)
+
+__all__ = ["CheckpointConfig", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig",
+           "Recipe", "RunConfig", "ScaleConfig", "TaskConfig"]

@@ -1,0 +1,145 @@
+"""What a recipe can say: one frozen dataclass per concern, one docstring per field.
+
+A recipe file builds `recipe = Recipe(...)` from these. Values here are what the user wants;
+everything derived from them (world size, accumulation, steps) is computed once, in the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional
+
+from launcher.recipe.section import SECTION_PATHS, option, section
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
+PRECISIONS = ("bf16", "fp16", "fp32")
+TASKS = ("sequence_classification",)
+SCHEDULERS = ("linear", "cosine", "constant")
+EXECUTORS = ("local",)
+
+
+@section
+class ModelConfig:
+    name: str = option(doc="HF hub name (bert-large-uncased) or a local model directory")
+    tokenizer: Optional[str] = option(None, "tokenizer name or directory; defaults to model.name")
+    pretrained: bool = option(True, "load pretrained weights; False builds the model from its "
+                                    "config with random weights (tiny test models)")
+    config_overrides: dict = option(doc="values set on the model config before building it, "
+                                        "e.g. {'num_hidden_layers': 2}", factory=dict)
+    dropout: Optional[float] = option(None, "hidden and attention dropout; None keeps the model's")
+    classifier_dropout: Optional[float] = option(None, "dropout before the task head")
+    freeze_embeddings: bool = option(False, "do not train the embedding layer")
+    freeze_layers: int = option(0, "do not train the first N encoder layers")
+
+
+@section
+class TaskConfig:
+    type: Literal["sequence_classification"] = option(
+        "sequence_classification", "what the model learns; sets the head")
+    labels: tuple[str, ...] = option(doc="label names in id order; integer labels in the data "
+                                         "index this list, string labels must be in it")
+
+
+@section
+class DataConfig:
+    train: str = option(doc="HF dataset name (ag_news) or a local .jsonl/.json/.csv/.parquet file")
+    eval: Optional[str] = option(None, "eval file or dataset name; None uses data.train's "
+                                       "eval_split when train is a hub dataset")
+    dataset_config: Optional[str] = option(None, "HF dataset configuration name")
+    train_split: str = option("train", "split read from a hub dataset for training")
+    eval_split: str = option("test", "split read from a hub dataset for evaluation")
+    text_column: str = option("text", "column holding the input text")
+    text_pair_column: Optional[str] = option(None, "second text column for sentence pairs")
+    label_column: str = option("label", "column holding the label (name or id)")
+    id_column: Optional[str] = option(None, "column identifying an example (for traces)")
+    max_length: int = option(128, "truncate inputs to this many tokens")
+    pad_to_multiple_of: int = option(8, "pad each batch up to a multiple of this (tensor cores)")
+    streaming: bool = option(True, "read data as a stream instead of loading it whole")
+    train_examples: Optional[int] = option(None, "size of the training set, when run.epochs is "
+                                                 "used with a hub dataset; local files are counted")
+    num_workers: int = option(1, "DataLoader worker processes per rank for reading/tokenizing")
+
+
+@section
+class ScaleConfig:
+    ALIASES = {"bf16": ("precision", "bf16"), "fp16": ("precision", "fp16")}
+
+    nodes: int = option(1, "machines")
+    procs_per_node: int = option(1, "processes (GPUs) per machine")
+    strategy: Literal["ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp"] = option(
+        "ddp", "how model states are replicated or sharded across ranks")
+    precision: Literal["bf16", "fp16", "fp32"] = option("bf16", "training precision")
+    micro_batch: int = option(8, "examples per device per forward/backward")
+    grad_accum: Optional[int] = option(None, "micro batches per optimizer step; derived from "
+                                             "global_batch when that is set, else 1")
+    global_batch: Optional[int] = option(None, "examples per optimizer step over all ranks")
+
+
+@section
+class OptimConfig:
+    lr: float = option(2e-5, "peak AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    betas: tuple[float, ...] = option((0.9, 0.999), "AdamW betas")
+    eps: float = option(1e-8, "AdamW epsilon")
+    warmup_ratio: float = option(0.1, "share of steps with linear warmup")
+    scheduler: Literal["linear", "cosine", "constant"] = option(
+        "linear", "learning-rate schedule after warmup")
+    max_grad_norm: float = option(1.0, "clip gradients to this norm; 0 disables")
+
+
+@section
+class CheckpointConfig:
+    every: int = option(500, "save a checkpoint every N optimizer steps; 0 saves only at the end")
+    keep_last: int = option(2, "checkpoints kept; older ones are deleted")
+
+
+@section
+class EvalConfig:
+    every: int = option(0, "evaluate every N optimizer steps; 0 evaluates only at the end")
+    micro_batch: Optional[int] = option(None, "eval examples per device; defaults to "
+                                              "2 x scale.micro_batch")
+    max_examples: Optional[int] = option(None, "evaluate on the first N examples only")
+
+
+@section
+class RunConfig:
+    name: Optional[str] = option(None, "run name; defaults to the recipe file's name")
+    output_dir: Optional[str] = option(None, "run directory; defaults to runs/<name>-<time>")
+    seed: int = option(42, "seed for weights, dropout and data order")
+    max_steps: Optional[int] = option(None, "optimizer steps to train (or set epochs)")
+    epochs: Optional[int] = option(None, "passes over the training data (or set max_steps)")
+    log_every: int = option(10, "write metrics every N optimizer steps")
+    trace_examples: bool = option(False, "write the id of every training example each rank "
+                                         "reads to RUN_DIR/trace/rank{R}.txt")
+    executor: Literal["local"] = option("local", "where the job runs")
+
+
+@section
+class Recipe:
+    model: ModelConfig = option(doc="the network")
+    task: TaskConfig = option(doc="what it learns")
+    data: DataConfig = option(doc="what it reads")
+    scale: ScaleConfig = option(doc="how many devices and how", factory=ScaleConfig)
+    optim: OptimConfig = option(doc="the optimizer", factory=OptimConfig)
+    checkpoint: CheckpointConfig = option(doc="saving state", factory=CheckpointConfig)
+    eval: EvalConfig = option(doc="evaluation", factory=EvalConfig)
+    run: RunConfig = option(doc="the run itself", factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "task": TaskConfig, "data": DataConfig, "scale": ScaleConfig,
+    "optim": OptimConfig, "checkpoint": CheckpointConfig, "eval": EvalConfig, "run": RunConfig,
+}
+SECTION_PATHS.update({cls: name for name, cls in SECTIONS.items()})
+SECTION_PATHS[Recipe] = "recipe"
+
+
+def to_dict(obj: Any) -> Any:
+    """A recipe as plain JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,60 @@
+"""Checks between fields of one recipe, before any derived value is computed."""
+
+from __future__ import annotations
+
+from launcher.errors import RecipeError
+from launcher.recipe.schema import Recipe
+
+
+def _positive(path: str, value: int | float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        floor = "0 or more" if allow_zero else "1 or more"
+        raise RecipeError(path, f"must be {floor}, got {value}", f"set {path} to {floor}")
+
+
+def validate(recipe: Recipe) -> None:
+    m, t, d, s, o, c, e, r = (recipe.model, recipe.task, recipe.data, recipe.scale,
+                              recipe.optim, recipe.checkpoint, recipe.eval, recipe.run)
+    if not m.name.strip():
+        raise RecipeError("model.name", "is empty", "name a hub model or a local directory")
+    _positive("model.freeze_layers", m.freeze_layers, allow_zero=True)
+    for path, p in (("model.dropout", m.dropout), ("model.classifier_dropout", m.classifier_dropout)):
+        if p is not None and not 0.0 <= p < 1.0:
+            raise RecipeError(path, f"must be in [0, 1), got {p}", f"set {path} to e.g. 0.1")
+    if len(t.labels) < 2:
+        raise RecipeError("task.labels", f"needs at least two label names, got {list(t.labels)}",
+                          "list every class, e.g. labels=('World', 'Sports', 'Business', 'Sci/Tech')")
+    if len(set(t.labels)) != len(t.labels):
+        raise RecipeError("task.labels", "has a name twice", "give each label once")
+    for path, v in (("data.max_length", d.max_length), ("data.pad_to_multiple_of", d.pad_to_multiple_of),
+                    ("data.train_examples", d.train_examples), ("scale.nodes", s.nodes),
+                    ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
+                    ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
+                    ("checkpoint.keep_last", c.keep_last), ("eval.micro_batch", e.micro_batch),
+                    ("eval.max_examples", e.max_examples), ("run.max_steps", r.max_steps),
+                    ("run.epochs", r.epochs), ("run.log_every", r.log_every)):
+        _positive(path, v)
+    for path, v in (("data.num_workers", d.num_workers), ("checkpoint.every", c.every),
+                    ("eval.every", e.every), ("optim.weight_decay", o.weight_decay),
+                    ("optim.max_grad_norm", o.max_grad_norm), ("optim.eps", o.eps)):
+        _positive(path, v, allow_zero=True)
+    if d.max_length < 8:
+        raise RecipeError("data.max_length", f"is {d.max_length}, too short for [CLS] text [SEP]",
+                          "set data.max_length to 8 or more (128 is usual)")
+    if not 0 < o.lr < 1:
+        raise RecipeError("optim.lr", f"must be between 0 and 1, got {o.lr}",
+                          "set optim.lr to e.g. 2e-5")
+    if not 0 <= o.warmup_ratio < 1:
+        raise RecipeError("optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}",
+                          "set optim.warmup_ratio to e.g. 0.1")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise RecipeError("optim.betas", f"must be two numbers in [0, 1), got {list(o.betas)}",
+                          "set optim.betas=0.9,0.999")
+    if (r.max_steps is None) == (r.epochs is None):
+        raise RecipeError("run.max_steps", "exactly one of run.max_steps and run.epochs must be set",
+                          "set run.max_steps=N or run.epochs=N, not both and not neither")
+    if d.text_pair_column is not None and d.text_pair_column == d.text_column:
+        raise RecipeError("data.text_pair_column", "is the same column as data.text_column",
+                          "name the second text's column or remove it")

@@ -1,0 +1,37 @@
+"""The layout of a run directory, in one place, for the executor, the engine and the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.plan = self.root / "plan"
+        self.logs = self.root / "logs"
+        self.checkpoints = self.root / "checkpoints"
+        self.eval = self.root / "eval"
+        self.final = self.root / "final"
+        self.trace = self.root / "trace"
+        self.tensorboard = self.root / "tensorboard"
+        self.metrics = self.root / "metrics.jsonl"
+        self.summary = self.root / "summary.json"
+
+    def rank_log(self, rank: int) -> Path:
+        return self.logs / f"rank{rank}.log"
+
+    def rank_error(self, rank: int) -> Path:
+        return self.logs / f"rank{rank}.error"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}"
+
+    def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint, as LATEST names it; None before the first."""
+        pointer = self.checkpoints / "LATEST"
+        if not pointer.is_file():
+            return None
+        target = self.checkpoints / pointer.read_text().strip()
+        return target if target.is_dir() else None

@@ -1,0 +1,78 @@
+"""Where examples come from: a local file or a hub dataset name.
+
+The plan uses this to check columns and count rows before anything runs; the engine uses it
+to open the same source as a stream.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A local file (`path` set, `builder` is the HF loader for its format) or a hub dataset."""
+
+    name: str
+    builder: str
+    path: Optional[Path]
+    config: Optional[str]
+    split: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+
+def resolve(name: str, *, config: Optional[str], split: str) -> Source:
+    if Path(name).suffix.lower() in FORMATS:
+        path = Path(name).expanduser().resolve()
+        return Source(name, FORMATS[path.suffix.lower()], path, None, "train")
+    return Source(name, name, None, config, split)
+
+
+def columns(src: Source) -> list[str]:
+    """Column names of a local file, read from its first row or schema only."""
+    assert src.path is not None
+    if src.builder == "json":
+        with src.path.open() as fh:
+            for line in fh:
+                if line.strip():
+                    return list(json.loads(line).keys())
+        return []
+    if src.builder == "csv":
+        with src.path.open(newline="") as fh:
+            return next(csv.reader(fh), [])
+    import pyarrow.parquet as pq
+    return list(pq.read_schema(src.path).names)
+
+
+def count_rows(src: Source) -> int:
+    """Rows in a local file without parsing them all (line count for JSONL)."""
+    assert src.path is not None
+    if src.builder == "json":
+        with src.path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    if src.builder == "csv":
+        with src.path.open(newline="") as fh:
+            return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(src.path).metadata.num_rows
+
+
+def open_stream(src: Source, *, streaming: bool):
+    """The source as an HF `IterableDataset` (hub code path kept as users write it)."""
+    import datasets
+
+    if src.is_local:
+        ds = datasets.load_dataset(src.builder, data_files=str(src.path), split="train",
+                                   streaming=streaming)
+    else:
+        ds = datasets.load_dataset(src.builder, src.config, split=src.split, streaming=streaming)
+    return ds if streaming else ds.to_iterable_dataset()
