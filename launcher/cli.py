@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from launcher.errors import RecipeError
 
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args, console)
     except RecipeError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err.one_line()}", highlight=False,
-                                   soft_wrap=True)
+        # escape: a value echoed back ('[/x]', a path with brackets) is text, not rich markup.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(err.one_line())}",
+                                   highlight=False, soft_wrap=True)
         return 2
 
 

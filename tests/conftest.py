@@ -1,0 +1,28 @@
+"""Shared helpers: run the real CLI in a subprocess, offline, from the repository root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "recipes" / "tiny_news.py"
+
+
+def cli_env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
+                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
+
+
+def launcher(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
