@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +37,8 @@ _PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 
 def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
     cpu = not torch.cuda.is_available()
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed guesses, and says so
     strategy, precision = plan.recipe.scale.strategy, plan.recipe.scale.precision
     if cpu and precision == "fp16":
         raise ValueError("scale.precision is fp16 but there is no GPU here; use bf16 or fp32 "

@@ -47,6 +47,8 @@ class LocalExecutor:
     def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
         rd = RunDir(plan.run_dir)
         env = dict(os.environ, PYTHON=sys.executable)
+        # Share the cores between the ranks (torchrun and accelerate each warn and guess).
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.procs_per_node)))
         if _all_local(plan):
             # Nothing to fetch: never wait on a hub that may be unreachable from this node.
             env.setdefault("HF_HUB_OFFLINE", "1")
