@@ -31,7 +31,10 @@ def test_two_ranks_read_disjoint_examples(two_rank_run):
 def test_loss_goes_down_and_model_learns(two_rank_run):
     rd, _ = two_rank_run
     records = [json.loads(line) for line in rd.metrics.read_text().splitlines()]
-    assert records[0]["step"] == 10 and records[-1]["step"] == 124
+    assert [r["step"] for r in records] == [*range(10, 121, 10), 124]
+    for r in records:
+        assert {"step", "epoch", "loss", "lr", "samples_per_s", "tokens_per_s"} <= r.keys()
+        assert r["padded_tokens_per_s"] >= r["tokens_per_s"] > 0
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]
     summary = json.loads(rd.summary.read_text())
     assert summary["world_size"] == 2

@@ -14,13 +14,19 @@ class MetricsLog:
         self._file = jsonl.open("a")
         self._tb = SummaryWriter(str(tensorboard_dir))
 
-    def write(self, record: dict[str, Any], prefix: str = "train") -> None:
+    def train(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        step = record["step"]
+        self._scalars("train", record)
+
+    def eval(self, record: dict[str, Any]) -> None:
+        """Eval numbers go to TensorBoard; their full record is RUN_DIR/eval/step-N/."""
+        self._scalars("eval", record)
+
+    def _scalars(self, prefix: str, record: dict[str, Any]) -> None:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
-                self._tb.add_scalar(f"{prefix}/{key}", value, step)
+                self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:
         self._file.close()

@@ -1,8 +1,8 @@
 """The training loop every recipe shares.
 
 Read top to bottom: build parts, then `train()` steps, logs on log steps, evaluates and
-checkpoints on their steps, and exports the model. No host sync inside a step: the loss and
-token counts stay on the device until a log step.
+checkpoints on their steps, and exports the model. No host sync inside a step: the loss stays
+on the device until a log step.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.report import LiveProgress, summary_table
+from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
@@ -94,9 +95,9 @@ class Trainer:
         plan, acc = self.plan, self.accelerator
         batches = data.train_batches(plan, self.tokenizer, self.rank, self.world)
         device = acc.device
-        window = torch.zeros(4, dtype=torch.float64, device=device)  # loss, micro, tokens, padded
-        window_start = start = time.perf_counter()
-        window_steps, final_loss = 0, float("nan")
+        window = LogWindow(device)
+        start = time.perf_counter()
+        final_loss = float("nan")
         progress = LiveProgress(self.console, plan.total_steps) if self.is_main else None
         self.model.train()
         with progress or contextlib.nullcontext():
@@ -113,39 +114,36 @@ class Trainer:
                             acc.clip_grad_norm_(self.model.parameters(), plan.recipe.optim.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    mask = inputs["attention_mask"]
-                    window += torch.stack([loss.detach().double(), torch.ones((), device=device, dtype=torch.float64),
-                                           mask.sum().double(), torch.tensor(mask.numel(), device=device, dtype=torch.float64)])
+                    window.add_micro_batch(loss, batch["inputs"]["attention_mask"])
                 self.scheduler.step()
                 self.step += 1
-                window_steps += 1
+                window.steps += 1
                 if progress:
                     progress.advance(self.step)
                 last = self.step == plan.total_steps
                 if self.step % plan.recipe.run.log_every == 0 or last:
-                    final_loss = self._log(window, window_steps, time.perf_counter() - window_start, progress)
-                    window.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                    final_loss = self._log(window, progress)
+                    window.reset()
                 every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
-                if last or (every_eval and self.step % every_eval == 0):
-                    self.last_eval = self.evaluate(progress)
-                if last or (every_ckpt and self.step % every_ckpt == 0):
-                    self._save_checkpoint()
+                with window.paused():
+                    if last or (every_eval and self.step % every_eval == 0):
+                        self.last_eval = self.evaluate(progress)
+                    if last or (every_ckpt and self.step % every_ckpt == 0):
+                        self._save_checkpoint()
         train_time = time.perf_counter() - start
         self._export()
         return self._summary(final_loss, train_time)
 
-    def _log(self, window: torch.Tensor, steps: int, seconds: float, progress) -> float:
-        totals = self.accelerator.reduce(window.clone(), reduction="sum")
-        loss_sum, micro, tokens, padded = totals.tolist()
+    def _log(self, window: LogWindow, progress) -> float:
+        t = window.totals(self.accelerator)
         record = {
-            "step": self.step, "epoch": self.epoch, "loss": loss_sum / micro,
+            "step": self.step, "epoch": self.epoch, "loss": t["loss"],
             "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": steps * self.plan.global_batch / seconds,
-            "tokens_per_s": tokens / seconds, "padded_tokens_per_s": padded / seconds,
+            "samples_per_s": t["steps"] * self.plan.global_batch / t["seconds"],
+            "tokens_per_s": t["tokens_per_s"], "padded_tokens_per_s": t["padded_tokens_per_s"],
         }
         if self.metrics:
-            self.metrics.write(record)
+            self.metrics.train(record)
             log.info("step %d loss %.4f lr %.3g samples/s %.1f", self.step, record["loss"],
                      record["lr"], record["samples_per_s"])
         if progress:
@@ -168,8 +166,7 @@ class Trainer:
             out = self.rd.eval / f"step-{self.step:07d}"
             out.mkdir(parents=True, exist_ok=True)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            self.metrics.write({k: metrics[k] for k in ("step", "loss", "accuracy", "macro_f1")},
-                               prefix="eval")
+            self.metrics.eval({k: metrics[k] for k in ("step", "loss", "accuracy", "macro_f1")})
             log.info("eval step %d accuracy %.4f macro_f1 %.4f", self.step, metrics["accuracy"],
                      metrics["macro_f1"])
             progress.note(f"eval @ step {self.step}: accuracy {metrics['accuracy']:.4f}, "

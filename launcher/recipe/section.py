@@ -88,9 +88,3 @@ def resolve_aliases(prefix: str, kwargs: dict[str, Any],
         out[target] = meaning
     return out
 
-
-def field_doc(cls: type, name: str) -> str:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata.get("doc", "")
-    return ""
