@@ -12,10 +12,18 @@ from rich.markup import escape
 from launcher.errors import RecipeError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit 2, like every other input mistake."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"error: {message}. Fix: see `{self.prog} --help`\n")
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launcher",
+    parser = _Parser(prog="python -m launcher",
                                      description="Fine-tune BERT-family encoders from a recipe.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in (("run", "plan and train a recipe"),
                             ("render", "write the plan files without running anything")):
         p = sub.add_parser(name, help=help_text)
@@ -70,7 +78,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         plan = plan_mod.build(loaded)
         if args.explain:
             explain(plan, console)
-        for path in plan_mod.write(plan, Path(args.out)):
+        # Absolute, so launch.sh and accelerate.yaml work from any directory.
+        for path in plan_mod.write(plan, Path(args.out).resolve()):
             console.print(f"wrote {path}")
         return 0
 

@@ -31,9 +31,12 @@ class Source:
 
 
 def resolve(name: str, *, config: Optional[str], split: str) -> Source:
-    if Path(name).suffix.lower() in FORMATS:
+    """A name with a data file's extension, or written as a path (/, ./, ~), is a local file;
+    anything else (ag_news, org/name) is a hub dataset."""
+    suffix = Path(name).suffix.lower()
+    if suffix in FORMATS or name.startswith(("/", "./", "../", "~")):
         path = Path(name).expanduser().resolve()
-        return Source(name, FORMATS[path.suffix.lower()], path, None, "train")
+        return Source(name, FORMATS.get(suffix, ""), path, None, "train")
     return Source(name, name, None, config, split)
 
 

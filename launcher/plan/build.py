@@ -83,9 +83,11 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         # number of steps without agreeing on it at run time.
         steps_per_epoch = train_examples // global_batch
         if steps_per_epoch == 0:
+            knob = ("scale.global_batch" if s.global_batch else
+                    "scale.micro_batch or scale.grad_accum")
             raise RecipeError("scale.global_batch",
                               f"one optimizer step needs {global_batch} examples but data.train "
-                              f"has {train_examples}", "lower scale.micro_batch or scale.grad_accum")
+                              f"has {train_examples}", f"lower {knob}")
     total_steps = r.max_steps if r.max_steps is not None else steps_per_epoch * r.epochs
     name = r.name or loaded.path.stem
     directory = run_dir or r.output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -140,6 +142,9 @@ def _check_local(recipe: Recipe, field: str, src: src_mod.Source) -> None:
     if not src.path.is_file():
         raise RecipeError(field, f"file {src.name} does not exist",
                           "fix the path (relative paths start at the current directory)")
+    if not src.builder:
+        raise RecipeError(field, f"{src.name} is not a file type the engine reads",
+                          f"convert it to one of {', '.join(src_mod.FORMATS)}")
     have = src_mod.columns(src)
     d = recipe.data
     for col_field in ("text_column", "text_pair_column", "label_column", "id_column"):

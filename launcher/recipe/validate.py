@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from launcher.errors import RecipeError
 from launcher.recipe.schema import Recipe
 
@@ -9,14 +12,19 @@ from launcher.recipe.schema import Recipe
 def _positive(path: str, value: int | float | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
+    floor = "0 or more" if allow_zero else "1 or more"
+    if not math.isfinite(value):  # nan slips past the checks below; nan/inf break the JSON
+        raise RecipeError(path, f"must be a finite number, got {value}", f"set {path} to {floor}")
     if value < 0 or (value == 0 and not allow_zero):
-        floor = "0 or more" if allow_zero else "1 or more"
         raise RecipeError(path, f"must be {floor}, got {value}", f"set {path} to {floor}")
 
 
 def validate(recipe: Recipe) -> None:
     m, t, d, s, o, c, e, r = (recipe.model, recipe.task, recipe.data, recipe.scale,
                               recipe.optim, recipe.checkpoint, recipe.eval, recipe.run)
+    if r.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name):
+        raise RecipeError("run.name", f"{r.name!r} is not usable as a directory and job name",
+                          "use letters, digits, '.', '_' and '-', starting with a letter or digit")
     if not m.name.strip():
         raise RecipeError("model.name", "is empty", "name a hub model or a local directory")
     _positive("model.freeze_layers", m.freeze_layers, allow_zero=True)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Rendered by launcher from <REPO>/recipes/bert_large_ag_news.py; render again rather than edit.
+# World: 2 node(s) x 8 process(es) = 16.
+# The same job through accelerate:
+#   accelerate launch --config_file <PLAN>/accelerate.yaml -m launcher.engine <PLAN>/plan.json
+set -euo pipefail
+# torchrun, from the interpreter that has launcher installed
+exec "${PYTHON:-python3}" -m torch.distributed.run --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-bert_large_ag_news}" \
+  --nnodes 2 --nproc-per-node 8 \
+  -m launcher.engine <PLAN>/plan.json

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Rendered by launcher from <REPO>/recipes/tiny_news.py; render again rather than edit.
+# World: 1 node(s) x 2 process(es) = 2.
+# The same job through accelerate:
+#   accelerate launch --config_file <PLAN>/accelerate.yaml -m launcher.engine <PLAN>/plan.json
+set -euo pipefail
+# torchrun, from the interpreter that has launcher installed
+exec "${PYTHON:-python3}" -m torch.distributed.run --standalone \
+  --nnodes 1 --nproc-per-node 2 \
+  -m launcher.engine <PLAN>/plan.json
