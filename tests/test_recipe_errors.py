@@ -6,7 +6,6 @@ Every case runs the real CLI (`python -m launcher render ...`) in a subprocess, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "recipes" / "tiny_news.py"
-
-
-def _env() -> dict[str, str]:
-    # COLUMNS: a wide terminal, so rich never wraps the one error line.
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400")
+from conftest import REPO, TINY, cli_env, launcher
 
 
 def _render(recipe: Path | str, *args: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", "render", str(recipe), *args, "--out", str(out)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    return launcher("render", recipe, *args, "--out", out, timeout=120)
 
 
 # --- malformed recipe files --------------------------------------------------------------------
@@ -239,7 +230,7 @@ def test_render_does_not_import_torch(tmp_path):
         f"           '--out', {str(tmp_path / 'plan')!r}, '--explain'])\n"
         f"print('RC', rc)\n"
         f"print('HEAVY', sorted(m for m in {heavy!r} if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=120)
     assert "RC 0" in proc.stdout, proc.stdout + proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout

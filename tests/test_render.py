@@ -24,22 +24,16 @@ from launcher import plan as plan_mod
 from launcher.recipe.load import load
 from launcher.recipe.schema import PRECISIONS, STRATEGIES
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, TINY, cli_env, launcher
+
 RECIPES = REPO / "recipes"
-TINY = RECIPES / "tiny_news.py"
 BERT_LARGE = RECIPES / "bert_large_ag_news.py"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
 
 
-def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400", **extra)
-
-
 def _render(recipe: Path, *args: str, out: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "launcher", "render", str(recipe), *args, "--out", str(out)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = launcher("render", recipe, *args, "--out", out, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -215,7 +209,7 @@ def test_deepspeed_accepts_every_zero_config(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(Path(__file__).with_name("ds_config_check.py")), str(manifest), str(results)],
-        cwd=REPO, env=_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"),
+        cwd=REPO, env=dict(cli_env(), OMP_NUM_THREADS="1"),
         capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for rank in (0, 1):
