@@ -11,11 +11,9 @@ from typing import Any, Literal, Optional
 
 from launcher.recipe.section import SECTION_PATHS, option, section
 
+# Literal[...] of a tuple is the Literal of its items: one list serves types, errors and tests.
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
 PRECISIONS = ("bf16", "fp16", "fp32")
-TASKS = ("sequence_classification",)
-SCHEDULERS = ("linear", "cosine", "constant")
-EXECUTORS = ("local",)
 
 
 @section
@@ -66,9 +64,9 @@ class ScaleConfig:
 
     nodes: int = option(1, "machines")
     procs_per_node: int = option(1, "processes (GPUs) per machine")
-    strategy: Literal["ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp"] = option(
+    strategy: Literal[STRATEGIES] = option(
         "ddp", "how model states are replicated or sharded across ranks")
-    precision: Literal["bf16", "fp16", "fp32"] = option("bf16", "training precision")
+    precision: Literal[PRECISIONS] = option("bf16", "training precision")
     micro_batch: int = option(8, "examples per device per forward/backward")
     grad_accum: Optional[int] = option(None, "micro batches per optimizer step; derived from "
                                              "global_batch when that is set, else 1")
