@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m launcher",
-                                     description="Fine-tune BERT-family encoders from a recipe.")
+                     description="Fine-tune BERT-family encoders from a recipe.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in (("run", "plan and train a recipe"),
                             ("render", "write the plan files without running anything")):

@@ -99,6 +99,7 @@ class Trainer:
         start = time.perf_counter()
         final_loss = float("nan")
         progress = LiveProgress(self.console, plan.total_steps) if self.is_main else None
+        every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
         self.model.train()
         with progress or contextlib.nullcontext():
             while self.step < plan.total_steps:
@@ -124,7 +125,6 @@ class Trainer:
                 if self.step % plan.recipe.run.log_every == 0 or last:
                     final_loss = self._log(window, progress)
                     window.reset()
-                every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
                 with window.paused():
                     if last or (every_eval and self.step % every_eval == 0):
                         self.last_eval = self.evaluate(progress)
