@@ -1,4 +1,5 @@
-"""`python -m launcher {run,render} RECIPE [section.field=value ...]`: parse, build, run."""
+"""`python -m launcher {run,render} RECIPE [section.field=value ...]`: parse, build, run;
+`python -m launcher {eval,predict} RUN_DIR ...`: use what a run trained."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--explain", action="store_true",
                        help="print every resolved value and where it came from")
     sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
+    ev = sub.add_parser("eval", help="evaluate a run's final model or a checkpoint on its eval "
+                                     "data or any file")
+    pr = sub.add_parser("predict", help="print a run's predictions for texts or a file")
+    for p in (ev, pr):
+        p.add_argument("run_dir", help="the run directory `launcher run` printed")
+        p.add_argument("--checkpoint", help="final (default), best, latest or step-N")
+    ev.add_argument("--data", help="file (or hub dataset) to evaluate on; default: the "
+                                   "recipe's eval data")
+    ev.add_argument("--nproc-per-node", dest="procs_per_node", type=int, default=1,
+                    help="processes to evaluate with (the metrics do not depend on it)")
+    pr.add_argument("--text", action="append", default=[],
+                    help="text to predict (repeat for several; NER splits it on spaces; QA: "
+                         "the question)")
+    pr.add_argument("--pair", help="second text: hypothesis (NLI) or context (QA)")
+    pr.add_argument("--file", help="JSONL/CSV/parquet file with the recipe's columns")
     sub.choices["run"].add_argument("--dry-run", action="store_true",
                                     help="write RUN_DIR/plan/ and stop before launching")
     return parser
@@ -55,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
+    if unknown or (extra and args.command in ("eval", "predict")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if args.command in ("run", "render"):
+        args.overrides = [*args.overrides, *extra]
     console = Console()
     try:
         return _dispatch(args, console)
@@ -69,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "eval":
+        from launcher.trained import eval_command
+        return eval_command(args.run_dir, args.checkpoint, args.data, args.procs_per_node, console)
+    if args.command == "predict":
+        from launcher.trained import predict_command
+        return predict_command(args.run_dir, args.checkpoint, args.text, args.pair, args.file,
+                               console)
     from launcher import plan as plan_mod
     from launcher.plan.explain import explain
     from launcher.recipe.load import load

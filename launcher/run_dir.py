@@ -30,7 +30,14 @@ class RunDir:
 
     def latest(self) -> Optional[Path]:
         """The newest complete checkpoint, as LATEST names it; None before the first."""
-        pointer = self.checkpoints / "LATEST"
+        return self._pointer("LATEST")
+
+    def best(self) -> Optional[Path]:
+        """The checkpoint with the best eval metric so far, as BEST names it."""
+        return self._pointer("BEST")
+
+    def _pointer(self, name: str) -> Optional[Path]:
+        pointer = self.checkpoints / name
         if not pointer.is_file():
             return None
         target = self.checkpoints / pointer.read_text().strip()

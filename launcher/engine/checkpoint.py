@@ -1,4 +1,5 @@
-"""Checkpoints: written to step-N.tmp by every rank, published by one rename, named by LATEST.
+"""Checkpoints: written to step-N.tmp by every rank, published by one rename, named by LATEST
+(and by BEST when an evaluation improved the recipe's eval metric).
 
 A reader trusts only what LATEST names, and LATEST is replaced atomically (write, fsync,
 rename), so a job killed mid-save leaves the previous checkpoint in charge.
@@ -24,7 +25,8 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(accelerator: Any, rd: RunDir, step: int, trainer_state: dict, keep_last: int) -> Path:
+def save(accelerator: Any, rd: RunDir, step: int, trainer_state: dict, keep_last: int,
+         best: bool = False) -> Path:
     final = rd.checkpoint(step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -39,13 +41,15 @@ def save(accelerator: Any, rd: RunDir, step: int, trainer_state: dict, keep_last
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_atomic(rd.checkpoints / "LATEST", final.name + "\n")
-        _prune(rd, keep_last, keep=final)
+        if best:
+            write_atomic(rd.checkpoints / "BEST", final.name + "\n")
+        _prune(rd, keep_last, keep={final, rd.best()})
     accelerator.wait_for_everyone()
     return final
 
 
-def _prune(rd: RunDir, keep_last: int, keep: Path) -> None:
+def _prune(rd: RunDir, keep_last: int, keep: set) -> None:
     done = sorted(p for p in rd.checkpoints.glob("step-*") if not p.name.endswith(".tmp"))
     for old in done[:-keep_last]:
-        if old != keep:
+        if old not in keep:
             shutil.rmtree(old, ignore_errors=True)

@@ -38,15 +38,22 @@ class LiveProgress:
         self._bar.console.print(text, highlight=False)
 
 
+_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "f1": "F1", "exact": "exact match"}
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="Run summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     ev = summary.get("eval") or {}
+    for key, value in ev.items():
+        if key not in ("examples", "loss"):
+            table.add_row(f"eval {_NAMES.get(key, key)}", f"{value:.4f}")
     if ev:
-        table.add_row("eval accuracy", f"{ev['accuracy']:.4f}")
-        table.add_row("eval macro-F1", f"{ev['macro_f1']:.4f}")
         table.add_row("eval examples", f"{ev['examples']:,}")
+    if summary.get("best"):
+        b = summary["best"]
+        table.add_row("best checkpoint", f"step {b['step']:,} ({b['metric']} {b['value']:.4f})")
     table.add_row("final train loss", f"{summary['final_loss']:.4f}")
     table.add_row("steps", f"{summary['steps']:,} ({summary['world_size']} rank(s))")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")

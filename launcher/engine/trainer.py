@@ -22,18 +22,22 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 
 from rich.console import Console
 
+from launcher import sources, tasks
 from launcher.engine import checkpoint, data
-from launcher.engine.evaluate import classification_metrics, confusion
+from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.report import LiveProgress, summary_table
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
+from launcher.plan.scan import balanced_weights, scan
 from launcher.run_dir import RunDir
 
 log = logging.getLogger("launcher.engine")
 _PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+# Sharded weights are gathered inside forward: every rank must run the same forwards.
+_SHARDED = ("zero3", "zero3_offload", "fsdp")
 
 
 def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
@@ -70,10 +74,12 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.console = Console()
+        self.task = tasks.for_recipe(plan.recipe)
+        self.class_weights = self._class_weights()
         # Same initial weights on every rank; then a different dropout stream per rank.
         set_seed(plan.recipe.run.seed)
         self.tokenizer = build_tokenizer(plan.recipe.model)
-        model = build_model(plan.recipe.model, plan.recipe.task)
+        model = build_model(plan.recipe.model, self.task)
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
         self.scheduler = build_scheduler(optimizer, plan.recipe.optim,
@@ -84,6 +90,23 @@ class Trainer:
         self.trace = self._open_trace()
         self.step, self.epoch = 0, 0
         self.last_eval: Optional[dict] = None
+        e = plan.recipe.eval
+        self.best_metric = e.metric or self.task.main_metric
+        self.best: Optional[tuple[int, float]] = None  # (step, value), on rank 0
+        self.best_step: Optional[int] = None  # on every rank
+        self.evals_since_best = 0
+
+    def _class_weights(self) -> Optional[torch.Tensor]:
+        weights = self.plan.class_weights
+        if weights is None and self.plan.recipe.task.class_weights == "balanced":
+            # A hub dataset: the plan could not count its labels, so each rank counts them.
+            d = self.plan.recipe.data
+            src = sources.resolve(d.train, config=d.dataset_config, split=d.train_split)
+            weights = balanced_weights(self.task, scan(self.task, src))
+            log.info("class weights from data.train: %s", weights)
+        if weights is None:
+            return None
+        return torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
 
     def _open_trace(self):
         if not self.plan.recipe.run.trace_examples:
@@ -93,7 +116,7 @@ class Trainer:
 
     def train(self) -> dict:
         plan, acc = self.plan, self.accelerator
-        batches = data.train_batches(plan, self.tokenizer, self.rank, self.world)
+        batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world)
         device = acc.device
         window = LogWindow(device)
         start = time.perf_counter()
@@ -108,8 +131,9 @@ class Trainer:
                     if self.trace:
                         self.trace.write("".join(f"{i}\n" for i in batch["ids"]))
                     inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
+                    labels = inputs.pop("labels")
                     with acc.accumulate(self.model):
-                        loss = self.model(**inputs).loss
+                        loss = self.task.loss(self.model(**inputs), labels, self.class_weights)
                         acc.backward(loss)
                         if acc.sync_gradients and plan.recipe.optim.max_grad_norm > 0:
                             acc.clip_grad_norm_(self.model.parameters(), plan.recipe.optim.max_grad_norm)
@@ -126,13 +150,45 @@ class Trainer:
                     final_loss = self._log(window, progress)
                     window.reset()
                 with window.paused():
+                    improved = stop = False
                     if last or (every_eval and self.step % every_eval == 0):
                         self.last_eval = self.evaluate(progress)
-                    if last or (every_ckpt and self.step % every_ckpt == 0):
-                        self._save_checkpoint()
+                        improved, stop = self._track_best(self.last_eval)
+                    keep_best = improved and plan.recipe.checkpoint.keep_best
+                    if last or stop or keep_best or (every_ckpt and self.step % every_ckpt == 0):
+                        self._save_checkpoint(best=keep_best)
+                if stop:
+                    if progress:
+                        progress.note(f"early stop at step {self.step}: {self.best_metric} has "
+                                      f"not improved for {self.evals_since_best} evaluations")
+                    break
         train_time = time.perf_counter() - start
+        stopped_early = self.step < plan.total_steps
+        if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
+            # What early stopping is for: export the best weights, not the last.
+            acc.load_state(str(self.rd.checkpoint(self.best_step)))
         self._export()
         return self._summary(final_loss, train_time)
+
+    def _track_best(self, metrics: Optional[dict]) -> tuple[bool, bool]:
+        """(improved, stop early), decided on rank 0 and sent to every rank with the best step."""
+        decision = [False, False, None]
+        if self.is_main and metrics is not None:
+            e = self.plan.recipe.eval
+            value = metrics[self.best_metric]
+            sign = -1.0 if self.best_metric == "loss" else 1.0
+            if self.best is None or sign * (value - self.best[1]) > e.early_stopping_min_delta:
+                self.best, self.evals_since_best = (self.step, value), 0
+                decision[0] = True
+            else:
+                self.evals_since_best += 1
+            patience = e.early_stopping_patience
+            decision[1] = patience is not None and self.evals_since_best >= patience
+            decision[2] = self.best[0]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(decision, src=0)
+        self.best_step = decision[2]
+        return decision[0], decision[1]
 
     def _log(self, window: LogWindow, progress) -> float:
         t = window.totals(self.accelerator)
@@ -151,34 +207,32 @@ class Trainer:
         return record["loss"]
 
     def evaluate(self, progress) -> Optional[dict]:
-        batches = data.eval_batches(self.plan, self.tokenizer, self.rank, self.world)
-        if batches is None:
+        lockstep = self.plan.recipe.scale.strategy in _SHARDED
+        metrics = evaluate(
+            plan=self.plan, task=self.task, tokenizer=self.tokenizer,
+            model=self.model if lockstep else self.accelerator.unwrap_model(self.model),
+            device=self.accelerator.device, autocast=self.accelerator.autocast, rank=self.rank,
+            world=self.world, lockstep=lockstep, step=self.step,
+            out_dir=self.rd.eval / f"step-{self.step:07d}")
+        if metrics is None:
             return None
-        labels = self.plan.recipe.task.labels
-        model = self.accelerator.unwrap_model(self.model)
-        counts, loss_sum = confusion(model, batches, len(labels), self.accelerator.device,
-                                     self.accelerator.autocast)
-        flat = torch.cat([counts.flatten().double(), loss_sum.view(1)])
-        flat = self.accelerator.reduce(flat, reduction="sum")
-        matrix = flat[:-1].round().long().view(len(labels), len(labels)).cpu()
-        metrics = {"step": self.step, **classification_metrics(matrix, flat[-1].item(), labels)}
-        if self.is_main:
-            out = self.rd.eval / f"step-{self.step:07d}"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            self.metrics.eval({k: metrics[k] for k in ("step", "loss", "accuracy", "macro_f1")})
-            log.info("eval step %d accuracy %.4f macro_f1 %.4f", self.step, metrics["accuracy"],
-                     metrics["macro_f1"])
-            progress.note(f"eval @ step {self.step}: accuracy {metrics['accuracy']:.4f}, "
-                          f"macro-F1 {metrics['macro_f1']:.4f} ({metrics['examples']} examples)")
+        head = self.task.headline(metrics)
+        self.metrics.eval({"step": self.step, "loss": metrics["loss"], **head})
+        text = ", ".join(f"{k} {v:.4f}" for k, v in head.items())
+        log.info("eval step %d %s", self.step, text)
+        if progress:
+            progress.note(f"eval @ step {self.step}: {text} ({metrics['examples']} examples)")
         return metrics
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, best: bool = False) -> None:
         state = {"step": self.step, "epoch": self.epoch, "world_size": self.world,
                  "global_batch": self.plan.global_batch}
+        if self.best is not None:
+            state["best"] = {"step": self.best[0], "metric": self.best_metric,
+                             "value": self.best[1]}
         path = checkpoint.save(self.accelerator, self.rd, self.step, state,
-                               self.plan.recipe.checkpoint.keep_last)
-        log.info("checkpoint %s", path)
+                               self.plan.recipe.checkpoint.keep_last, best=best)
+        log.info("checkpoint %s%s", path, " (best)" if best else "")
 
     def _export(self) -> None:
         state = self.accelerator.get_state_dict(self.model)
@@ -193,11 +247,16 @@ class Trainer:
             "run_dir": str(self.rd.root), "steps": self.step, "world_size": self.world,
             "final_loss": final_loss, "wall_time_s": train_time,
             "samples_per_s": self.step * self.plan.global_batch / train_time,
-            "eval": {k: v for k, v in (self.last_eval or {}).items()
-                     if k in ("accuracy", "macro_f1", "examples", "loss")},
+            "eval": ({"examples": self.last_eval["examples"], "loss": self.last_eval["loss"],
+                      **self.task.headline(self.last_eval)} if self.last_eval else {}),
         }
+        if self.best is not None:
+            summary["best"] = {"step": self.best[0], "metric": self.best_metric,
+                               "value": self.best[1]}
         if self.is_main:
             self.rd.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            if self.last_eval:
+                self.console.print(self.task.table(self.last_eval))
             self.console.print(summary_table(summary))
         return summary
 

@@ -1,7 +1,7 @@
 """Recipe -> Plan: every derived value (world size, accumulation, steps) computed once, here.
 
-Pure apart from reading the first row and the row count of local data files, so that a
-missing column or a batch larger than the data is caught before anything is queued.
+Pure apart from one pass over local data files (plan/scan.py), so that a missing column, a
+label the head cannot hold or a batch larger than the data is caught before anything is queued.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher import sources as src_mod
+from launcher import tasks
 from launcher.errors import RecipeError
+from launcher.plan.scan import Scan, balanced_weights, scan
 from launcher.recipe.load import LoadedRecipe, recipe_from_dict
 from launcher.recipe.schema import Recipe, to_dict
 from launcher.recipe.validate import validate
@@ -39,13 +41,20 @@ class Plan:
     total_steps: int
     warmup_steps: int
     has_eval: bool
+    # data column per role (text, pair, label, id), the task's defaults filled in
+    columns: dict[str, Optional[str]]
+    # what the pass over local files found: rows, empty rows, label counts ({} for hub data)
+    data_checks: dict[str, dict]
+    # resolved cross-entropy weights (task.class_weights; 'balanced' counted in data.train)
+    class_weights: Optional[list[float]]
     # dotted field -> where its value came from, for `--explain`
     sources: dict[str, str]
 
     @property
     def derived(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("recipe", "sources", "recipe_path", "name", "run_dir")}
+                if f.name not in ("recipe", "sources", "recipe_path", "name", "run_dir",
+                                  "data_checks")}
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -69,14 +78,32 @@ def build(loaded: LoadedRecipe, *, run_dir: Optional[str] = None) -> Plan:
 def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     recipe, sources = loaded.recipe, dict(loaded.sources)
     validate(recipe)
+    task = tasks.for_recipe(recipe)
+    task.validate()
+    _check_class_weights(recipe, task)
+    if task.cols.pair is not None and task.cols.pair == task.cols.text:
+        raise RecipeError("data.text_pair_column", "is the same column as data.text_column",
+                          "name the second text's column or remove it")
+    metric = recipe.eval.metric
+    if metric is not None and metric not in task.metric_names:
+        raise RecipeError("eval.metric", f"'{metric}' is not a {task.type} metric",
+                          f"use one of {', '.join(task.metric_names)}")
     s, r = recipe.scale, recipe.run
     world = s.nodes * s.procs_per_node
     grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
     sources["scale.grad_accum"] = sources["scale.grad_accum"] if s.grad_accum else "derived"
     sources["scale.global_batch"] = sources["scale.global_batch"] if s.global_batch else "derived"
 
-    train, eval_src = _sources(recipe)
-    train_examples = _train_examples(recipe, train)
+    train, eval_src = _sources(recipe, task)
+    checks = {}
+    if train.is_local:
+        checks["train"] = scan(task, train)
+    if eval_src is not None and eval_src.is_local:
+        checks["eval"] = scan(task, eval_src, limit=recipe.eval.max_examples)
+    train_examples = _train_examples(recipe, train, checks.get("train"))
+    weights = recipe.task.class_weights
+    if weights == "balanced":
+        weights = balanced_weights(task, checks["train"]) if "train" in checks else None
     steps_per_epoch = None
     if train_examples is not None:
         # The last partial global batch of an epoch is dropped so every rank runs the same
@@ -99,8 +126,27 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         eval_micro_batch=recipe.eval.micro_batch or 2 * s.micro_batch,
         train_examples=train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         warmup_steps=math.ceil(recipe.optim.warmup_ratio * total_steps),
-        has_eval=eval_src is not None, sources=sources,
+        has_eval=eval_src is not None, columns=dataclasses.asdict(task.cols),
+        data_checks={k: v.to_dict() for k, v in checks.items()},
+        class_weights=list(weights) if weights is not None else None, sources=sources,
     )
+
+
+def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:
+    weights = recipe.task.class_weights
+    if weights is None:
+        return
+    if task.type == "question_answering":
+        raise RecipeError("task.class_weights", "is not used by question_answering",
+                          "remove task.class_weights")
+    if weights != "balanced":
+        if len(weights) != len(task.labels):
+            raise RecipeError("task.class_weights", f"has {len(weights)} weights for "
+                              f"{len(task.labels)} labels", "give one weight per task.labels "
+                              "entry, in the same order, or 'balanced'")
+        if not all(w > 0 for w in weights):
+            raise RecipeError("task.class_weights", f"must all be positive, got {list(weights)}",
+                              "use weights above 0")
 
 
 def _batch(micro: int, accum: Optional[int], global_batch: Optional[int], world: int) -> tuple[int, int]:
@@ -123,7 +169,7 @@ def _batch(micro: int, accum: Optional[int], global_batch: Optional[int], world:
     return global_batch // per_step, global_batch
 
 
-def _sources(recipe: Recipe) -> tuple[src_mod.Source, Optional[src_mod.Source]]:
+def _sources(recipe: Recipe, task: tasks.Task) -> tuple[src_mod.Source, Optional[src_mod.Source]]:
     d = recipe.data
     train = src_mod.resolve(d.train, config=d.dataset_config, split=d.train_split)
     if d.eval is not None:
@@ -134,11 +180,11 @@ def _sources(recipe: Recipe) -> tuple[src_mod.Source, Optional[src_mod.Source]]:
         eval_src = None
     for field, src in (("data.train", train), ("data.eval", eval_src)):
         if src is not None and src.is_local:
-            _check_local(recipe, field, src)
+            _check_local(task, field, src)
     return train, eval_src
 
 
-def _check_local(recipe: Recipe, field: str, src: src_mod.Source) -> None:
+def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
     if not src.path.is_file():
         raise RecipeError(field, f"file {src.name} does not exist",
                           "fix the path (relative paths start at the current directory)")
@@ -146,20 +192,18 @@ def _check_local(recipe: Recipe, field: str, src: src_mod.Source) -> None:
         raise RecipeError(field, f"{src.name} is not a file type the engine reads",
                           f"convert it to one of {', '.join(src_mod.FORMATS)}")
     have = src_mod.columns(src)
-    d = recipe.data
-    for col_field in ("text_column", "text_pair_column", "label_column", "id_column"):
-        col = getattr(d, col_field)
+    for col_field, col in task.cols.fields().items():
         if col is not None and col not in have:
-            raise RecipeError(f"data.{col_field}",
+            raise RecipeError(col_field,
                               f"column '{col}' is not in {src.name} (it has {', '.join(have)})",
-                              f"set data.{col_field} to one of its columns")
+                              f"set {col_field} to one of its columns")
 
 
-def _train_examples(recipe: Recipe, train: src_mod.Source) -> Optional[int]:
+def _train_examples(recipe: Recipe, train: src_mod.Source, checked: Optional[Scan]) -> Optional[int]:
     if recipe.data.train_examples is not None:
         return recipe.data.train_examples
-    if train.is_local:
-        return src_mod.count_rows(train)
+    if checked is not None:
+        return checked.usable
     if recipe.run.max_steps is not None:
         return None  # a stream of unknown length: the engine starts a new epoch when it ends
     raise RecipeError("data.train_examples",

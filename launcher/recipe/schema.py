@@ -7,13 +7,16 @@ everything derived from them (world size, accumulation, steps) is computed once,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from launcher.recipe.section import SECTION_PATHS, option, section
 
 # Literal[...] of a tuple is the Literal of its items: one list serves types, errors and tests.
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
 PRECISIONS = ("bf16", "fp16", "fp32")
+TASK_TYPES = ("sequence_classification", "multi_label_classification", "token_classification",
+              "question_answering")
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
 @section
@@ -28,14 +31,32 @@ class ModelConfig:
     classifier_dropout: Optional[float] = option(None, "dropout before the task head")
     freeze_embeddings: bool = option(False, "do not train the embedding layer")
     freeze_layers: int = option(0, "do not train the first N encoder layers")
+    freeze_encoder: bool = option(False, "train only the task head (embeddings and every "
+                                         "encoder layer frozen)")
+    head_hidden: Optional[int] = option(None, "classification: a hidden layer of this width "
+                                              "(GELU, then head_dropout) before the output layer")
+    head_dropout: Optional[float] = option(None, "dropout after head_hidden's layer; defaults "
+                                                 "to classifier_dropout or the model's dropout")
 
 
 @section
 class TaskConfig:
-    type: Literal["sequence_classification"] = option(
-        "sequence_classification", "what the model learns; sets the head")
-    labels: tuple[str, ...] = option(doc="label names in id order; integer labels in the data "
-                                         "index this list, string labels must be in it")
+    type: Literal[TASK_TYPES] = option(
+        "sequence_classification", "what the model learns; sets the head, the loss, the data "
+                                   "columns read and the metrics")
+    labels: tuple[str, ...] = option((), "label names in id order (token_classification: the "
+                                         "tag set, 'O' and 'B-'/'I-' tags); integer labels in "
+                                         "the data index this list, string labels must be in "
+                                         "it; not used by question_answering")
+    class_weights: Union[Literal["balanced"], tuple[float, ...], None] = option(
+        None, "cross-entropy weight per label, or 'balanced' to weight each label by "
+              "examples / (labels x its count) in data.train")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (single-label tasks)")
+    threshold: float = option(0.5, "multi_label_classification: a label is predicted when its "
+                                   "sigmoid passes this")
+    max_answer_length: int = option(30, "question_answering: longest answer, in tokens")
+    null_threshold: float = option(0.0, "question_answering: answer 'no answer' unless the best "
+                                        "span's score beats the null score by more than this")
 
 
 @section
@@ -46,11 +67,19 @@ class DataConfig:
     dataset_config: Optional[str] = option(None, "HF dataset configuration name")
     train_split: str = option("train", "split read from a hub dataset for training")
     eval_split: str = option("test", "split read from a hub dataset for evaluation")
-    text_column: str = option("text", "column holding the input text")
-    text_pair_column: Optional[str] = option(None, "second text column for sentence pairs")
-    label_column: str = option("label", "column holding the label (name or id)")
-    id_column: Optional[str] = option(None, "column identifying an example (for traces)")
+    text_column: Optional[str] = option(None, "column holding the input text; default by "
+                                              "task: text, tokens (token_classification), "
+                                              "question (question_answering)")
+    text_pair_column: Optional[str] = option(None, "second text column for sentence pairs (NLI: "
+                                                   "premise in text_column, hypothesis here); "
+                                                   "question_answering: context (default)")
+    label_column: Optional[str] = option(None, "column holding the label; default by task: "
+                                               "label, labels (multi-label: a list of names or "
+                                               "ids), ner_tags, answers (SQuAD format)")
+    id_column: Optional[str] = option(None, "column identifying an example (traces, errors)")
     max_length: int = option(128, "truncate inputs to this many tokens")
+    doc_stride: Optional[int] = option(None, "question_answering: tokens shared by consecutive "
+                                             "windows of a long context; default max_length // 4")
     pad_to_multiple_of: int = option(8, "pad each batch up to a multiple of this (tensor cores)")
     streaming: bool = option(True, "read data as a stream instead of loading it whole")
     train_examples: Optional[int] = option(None, "size of the training set, when run.epochs is "
@@ -80,8 +109,8 @@ class OptimConfig:
     betas: tuple[float, ...] = option((0.9, 0.999), "AdamW betas")
     eps: float = option(1e-8, "AdamW epsilon")
     warmup_ratio: float = option(0.1, "share of steps with linear warmup")
-    scheduler: Literal["linear", "cosine", "constant"] = option(
-        "linear", "learning-rate schedule after warmup")
+    scheduler: Literal[SCHEDULES] = option(
+        "linear", "learning-rate schedule after warmup (constant is constant_with_warmup)")
     max_grad_norm: float = option(1.0, "clip gradients to this norm; 0 disables")
 
 
@@ -89,6 +118,8 @@ class OptimConfig:
 class CheckpointConfig:
     every: int = option(500, "save a checkpoint every N optimizer steps; 0 saves only at the end")
     keep_last: int = option(2, "checkpoints kept; older ones are deleted")
+    keep_best: bool = option(True, "also keep the checkpoint with the best eval.metric, saved "
+                                   "when an evaluation improves it (RUN_DIR/checkpoints/BEST)")
 
 
 @section
@@ -97,6 +128,15 @@ class EvalConfig:
     micro_batch: Optional[int] = option(None, "eval examples per device; defaults to "
                                               "2 x scale.micro_batch")
     max_examples: Optional[int] = option(None, "evaluate on the first N examples only")
+    metric: Optional[str] = option(None, "metric that picks the best checkpoint and early "
+                                         "stopping; default by task: macro_f1, micro_f1, "
+                                         "f1 (entities), f1 (SQuAD v2)")
+    early_stopping_patience: Optional[int] = option(None, "stop after this many evaluations "
+                                                          "without eval.metric improving")
+    early_stopping_min_delta: float = option(0.0, "smallest change of eval.metric that counts "
+                                                  "as an improvement")
+    errors_kept: int = option(200, "misclassified examples written to errors.jsonl, most "
+                                   "confident first")
 
 
 @section

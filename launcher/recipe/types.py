@@ -23,8 +23,9 @@ def describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return describe(inner[0]) + " or None"
+        args = typing.get_args(tp)
+        inner = " or ".join(describe(a) for a in args if a is not type(None))
+        return inner + " or None" if type(None) in args else inner
     if origin is tuple:
         return f"a list of {describe(typing.get_args(tp)[0])}"
     if tp is dict or origin is dict:
@@ -37,10 +38,11 @@ def check(path: str, tp: Any, value: Any) -> Any:
     """Return `value` normalised to `tp` (lists -> tuples, ints -> floats) or raise."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return check(path, inner[0], value)
+        return _first_fit(path, tp, [a for a in args if a is not type(None)],
+                          lambda alt: check(path, alt, value), repr(value))
     bad = RecipeError(path, f"must be {describe(tp)}, got {value!r}",
                       f"set {path} to {describe(tp)}")
     if origin is Literal:
@@ -74,15 +76,26 @@ def check(path: str, tp: Any, value: Any) -> Any:
     return value
 
 
+def _first_fit(path: str, tp: Any, alternatives: list, attempt, shown: str) -> Any:
+    """The value as the first alternative of a Union it fits (e.g. 'balanced' or numbers)."""
+    for alt in alternatives:
+        try:
+            return attempt(alt)
+        except RecipeError:
+            continue
+    raise RecipeError(path, f"must be {describe(tp)}, got {shown}", f"set {path} to {describe(tp)}")
+
+
 def parse(path: str, tp: Any, text: str) -> Any:
     """Parse an override's right-hand side (`optim.lr=3e-5`) as the field's type."""
     origin = typing.get_origin(tp)
     lowered = text.strip().lower()
     if origin in (typing.Union, types.UnionType):
-        if lowered in _NONE:
+        args = typing.get_args(tp)
+        if lowered in _NONE and type(None) in args:
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return parse(path, inner[0], text)
+        return _first_fit(path, tp, [a for a in args if a is not type(None)],
+                          lambda alt: parse(path, alt, text), f"'{text}'")
     bad = RecipeError(path, f"must be {describe(tp)}, got '{text}'",
                       f"write {path}=<{describe(tp)}>")
     if origin is Literal:

@@ -28,21 +28,25 @@ def validate(recipe: Recipe) -> None:
     if not m.name.strip():
         raise RecipeError("model.name", "is empty", "name a hub model or a local directory")
     _positive("model.freeze_layers", m.freeze_layers, allow_zero=True)
-    for path, p in (("model.dropout", m.dropout), ("model.classifier_dropout", m.classifier_dropout)):
+    for path, p in (("model.dropout", m.dropout), ("model.classifier_dropout", m.classifier_dropout),
+                    ("model.head_dropout", m.head_dropout)):
         if p is not None and not 0.0 <= p < 1.0:
             raise RecipeError(path, f"must be in [0, 1), got {p}", f"set {path} to e.g. 0.1")
-    if len(t.labels) < 2:
-        raise RecipeError("task.labels", f"needs at least two label names, got {list(t.labels)}",
-                          "list every class, e.g. labels=('World', 'Sports', 'Business', 'Sci/Tech')")
-    if len(set(t.labels)) != len(t.labels):
-        raise RecipeError("task.labels", "has a name twice", "give each label once")
+    if not 0 <= t.label_smoothing < 1:
+        raise RecipeError("task.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}",
+                          "set task.label_smoothing to e.g. 0.1, or 0 to turn it off")
+    if not 0 < t.threshold < 1:
+        raise RecipeError("task.threshold", f"must be between 0 and 1, got {t.threshold}",
+                          "set task.threshold to e.g. 0.5")
     for path, v in (("data.max_length", d.max_length), ("data.pad_to_multiple_of", d.pad_to_multiple_of),
                     ("data.train_examples", d.train_examples), ("scale.nodes", s.nodes),
                     ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
                     ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
                     ("checkpoint.keep_last", c.keep_last), ("eval.micro_batch", e.micro_batch),
                     ("eval.max_examples", e.max_examples), ("run.max_steps", r.max_steps),
-                    ("run.epochs", r.epochs), ("run.log_every", r.log_every)):
+                    ("run.epochs", r.epochs), ("run.log_every", r.log_every),
+                    ("model.head_hidden", m.head_hidden), ("data.doc_stride", d.doc_stride),
+                    ("eval.early_stopping_patience", e.early_stopping_patience)):
         _positive(path, v)
     for path, v in (("data.num_workers", d.num_workers), ("checkpoint.every", c.every),
                     ("eval.every", e.every), ("optim.weight_decay", o.weight_decay),
@@ -63,6 +67,6 @@ def validate(recipe: Recipe) -> None:
     if (r.max_steps is None) == (r.epochs is None):
         raise RecipeError("run.max_steps", "exactly one of run.max_steps and run.epochs must be set",
                           "set run.max_steps=N or run.epochs=N, not both and not neither")
-    if d.text_pair_column is not None and d.text_pair_column == d.text_column:
-        raise RecipeError("data.text_pair_column", "is the same column as data.text_column",
-                          "name the second text's column or remove it")
+    if e.early_stopping_patience is not None and not (e.every or 0):
+        raise RecipeError("eval.early_stopping_patience", "needs evaluations during training, "
+                          "but eval.every is 0 (only at the end)", "set eval.every=N steps")

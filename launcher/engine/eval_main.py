@@ -1,0 +1,107 @@
+"""Evaluate or predict with a finished run's model: what a user does right after training.
+
+`launcher eval` runs `evaluate` here, in one process or under torchrun (the same exact
+evaluation as during training, so the numbers match at any process count); `launcher predict`
+runs `predict` in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from launcher import tasks
+from launcher.engine.evaluate import evaluate, score
+from launcher.engine.model import build_model, build_tokenizer, load_trained
+from launcher.plan.build import Plan
+from launcher.run_dir import RunDir
+
+
+def load(run_dir: Path, checkpoint: Optional[str]) -> tuple[Plan, Any, Any, Any]:
+    """(plan, task, tokenizer, model) of a run, from final/ or from one checkpoint's weights."""
+    from transformers import AutoTokenizer
+
+    rd = RunDir(run_dir)
+    plan = Plan.from_json((rd.plan / "plan.json").read_text())
+    task = tasks.for_recipe(plan.recipe)
+    weights = None if checkpoint is None else rd.checkpoints / checkpoint / "model.safetensors"
+    if rd.final.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(rd.final)
+        return plan, task, tokenizer, load_trained(rd.final, task, weights)
+    # A run cut off before its export: the recipe's model, fresh, then the checkpoint's weights.
+    cfg = dataclasses.replace(plan.recipe.model, pretrained=False)
+    model = build_model(cfg, task)
+    model.load_state_dict(load_file(str(weights)), strict=False)
+    return plan, task, build_tokenizer(cfg), model
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _autocast(plan: Plan, device: torch.device):
+    precision = plan.recipe.scale.precision
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return lambda: torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext
+
+
+def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
+             name: str) -> Optional[dict]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    try:
+        plan, task, tokenizer, model = load(run_dir, checkpoint)
+        device = _device()
+        model.to(device)
+        step = int(checkpoint.split("-")[-1]) if checkpoint else -1
+        return evaluate(plan=plan, task=task, tokenizer=tokenizer, model=model, device=device,
+                        autocast=_autocast(plan, device), rank=rank, world=world,
+                        lockstep=False, step=step, out_dir=RunDir(run_dir).eval / name,
+                        data_file=data_file)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def predict(run_dir: Path, checkpoint: Optional[str], rows: list[dict]) -> list[dict]:
+    from launcher.engine.data import EvalShard
+
+    plan, task, tokenizer, model = load(run_dir, checkpoint)
+    device = _device()
+    model.to(device)
+    shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, 0, 1, labeled=False)
+    records, _ = score(model, iter(shard), task, device, _autocast(plan, device), full=True)
+    return [task.prediction(r) for r in sorted(records, key=lambda r: r["index"])]
+
+
+def main(argv: list[str]) -> int:
+    """Under torchrun: python -m launcher.engine.eval_main RUN_DIR NAME [--checkpoint] [--data]"""
+    parser = argparse.ArgumentParser(prog="python -m launcher.engine.eval_main")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    run_eval(args.run_dir, args.checkpoint, args.data, args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

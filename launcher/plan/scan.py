@@ -1,0 +1,77 @@
+"""One pass over a data file before training: every row checked against the task.
+
+A label the head cannot hold (7 with 4 classes, a tag outside the tag set, an answer outside
+its context) stops the run here, naming the file, the example and the field, before a job is
+queued. Rows with empty text are counted and reported, then skipped by the engine. The label
+counts feed `task.class_weights='balanced'`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from launcher import sources
+from launcher.errors import RecipeError
+from launcher.tasks import Task
+
+SHOWN_EMPTY = 10
+
+
+@dataclass
+class Scan:
+    rows: int = 0
+    empty: int = 0
+    empty_examples: list[int] = field(default_factory=list)  # first few, 0-based
+    label_counts: list[int] = field(default_factory=list)
+
+    @property
+    def usable(self) -> int:
+        return self.rows - self.empty
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe_empty(self, name: str) -> Optional[str]:
+        if not self.empty:
+            return None
+        shown = ", ".join(map(str, self.empty_examples))
+        more = ", ..." if self.empty > len(self.empty_examples) else ""
+        return (f"{name}: {self.empty} of {self.rows} rows have empty text and are skipped "
+                f"(examples {shown}{more})")
+
+
+def scan(task: Task, src: sources.Source, limit: Optional[int] = None) -> Scan:
+    result = Scan(label_counts=[0] * max(len(task.labels), 2))
+    stream = sources.open_stream(src, streaming=True)
+    for index, row in enumerate(stream):
+        if limit is not None and index >= limit:
+            break
+        result.rows += 1
+        if task.is_empty(row):
+            result.empty += 1
+            if len(result.empty_examples) < SHOWN_EMPTY:
+                result.empty_examples.append(index)
+            continue
+        try:
+            ids = task.check_row(index, row)
+        except RecipeError as err:
+            raise RecipeError(err.field, f"in {src.name}, {err.problem}", err.fix) from None
+        for i in ids:
+            result.label_counts[i] += 1
+    return result
+
+
+def balanced_weights(task: Task, train: Scan) -> list[float]:
+    """sklearn's 'balanced': examples / (labels x count); for multi-label, negatives / positives
+    of each label (BCE's pos_weight)."""
+    names = task.labels
+    missing = [names[i] for i, c in enumerate(train.label_counts[:len(names)]) if c == 0]
+    if missing:
+        raise RecipeError("task.class_weights", f"is 'balanced' but labels {missing} never occur "
+                          "in data.train", "give explicit weights, one per label")
+    counts = train.label_counts[:len(names)]
+    if task.type == "multi_label_classification":
+        return [(train.usable - c) / c for c in counts]
+    total = sum(counts)
+    return [total / (len(names) * c) for c in counts]

@@ -1,0 +1,134 @@
+"""`launcher eval` and `launcher predict`: a finished run's model on any file or text.
+
+Everything a user can get wrong (no such run, checkpoint or file, a column or label the task
+cannot read) is checked here and reported in one line before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from launcher import sources, tasks
+from launcher.errors import RecipeError
+from launcher.plan.build import Plan
+from launcher.plan.scan import scan
+from launcher.run_dir import RunDir
+
+
+def open_run(run_dir: str) -> tuple[RunDir, Plan]:
+    rd = RunDir(Path(run_dir).expanduser().resolve())
+    plan_file = rd.plan / "plan.json"
+    if not plan_file.is_file():
+        raise RecipeError("RUN_DIR", f"{rd.root} holds no run (no plan/plan.json)",
+                          "give the run directory that `launcher run` printed")
+    return rd, Plan.from_json(plan_file.read_text())
+
+
+def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
+    """None (the final export), or the name of a complete checkpoint directory."""
+    if checkpoint in (None, "final"):
+        if rd.final.is_dir():
+            return None
+        checkpoint = "latest"
+    found = {"latest": rd.latest(), "best": rd.best()}.get(checkpoint)
+    if found is None and checkpoint not in ("latest", "best"):
+        found = rd.checkpoints / checkpoint
+    have = sorted(p.name for p in rd.checkpoints.glob("step-*") if not p.name.endswith(".tmp")) \
+        if rd.checkpoints.is_dir() else []
+    if found is None or not (found / "model.safetensors").is_file():
+        raise RecipeError("--checkpoint", f"{checkpoint} is not a complete checkpoint of "
+                          f"{rd.root}", f"use final, best, latest or one of {have or '(none)'}")
+    return found.name
+
+
+def check_data(plan: Plan, data: str) -> str:
+    task = tasks.for_recipe(plan.recipe)
+    src = sources.resolve(data, config=plan.recipe.data.dataset_config,
+                          split=plan.recipe.data.eval_split)
+    if src.is_local:
+        if not src.path.is_file():
+            raise RecipeError("--data", f"file {data} does not exist", "fix the path")
+        have = sources.columns(src)
+        for field, col in task.cols.fields().items():
+            if col is not None and field != "data.id_column" and col not in have:
+                raise RecipeError("--data", f"{data} has no column '{col}' ({field} of the "
+                                  f"run's recipe; it has {', '.join(have)})",
+                                  "rename the column or use a file in the training format")
+        scan(task, src)
+        return str(src.path)
+    return data
+
+
+def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], nproc: int,
+                 console: Console) -> int:
+    rd, plan = open_run(run_dir)
+    chosen = pick_checkpoint(rd, checkpoint)
+    if data is not None:
+        data = check_data(plan, data)
+    elif not plan.has_eval:
+        raise RecipeError("--data", "the run's recipe has no eval data",
+                          "pass --data FILE to evaluate on")
+    d = plan.recipe.data
+    stem = Path(data).stem if data else Path(d.eval or d.train).stem
+    name = f"{chosen or 'final'}-on-{stem}"
+    if nproc < 1:
+        raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    args = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
+            *(["--data", data] if data else [])]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "launcher.engine.eval_main", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "launcher.engine.eval_main", *args]
+    console.print(f"evaluating {chosen or 'final'} of {rd.root} on {data or stem} "
+                  f"({nproc} process(es))", highlight=False)
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        return proc.returncode
+    out = rd.eval / name
+    metrics = json.loads((out / "metrics.json").read_text())
+    task = tasks.for_recipe(plan.recipe)
+    console.print(task.table(metrics))
+    head = ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items())
+    console.print(f"{head} on {metrics['examples']:,} examples; wrote {out}/", highlight=False)
+    return 0
+
+
+def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
+                    pair: Optional[str], file: Optional[str], console: Console) -> int:
+    rd, plan = open_run(run_dir)
+    chosen = pick_checkpoint(rd, checkpoint)
+    task = tasks.for_recipe(plan.recipe)
+    if bool(texts) == bool(file):
+        raise RecipeError("--text", "give either --text (one or more) or --file",
+                          "e.g. --text 'Striker scores in cup final'")
+    if file is not None:
+        src = sources.resolve(file, config=None, split="train")
+        if not src.is_local or not src.path.is_file():
+            raise RecipeError("--file", f"{file} is not a local data file", "fix the path")
+        rows = list(sources.open_stream(src, streaming=True))
+    else:
+        if task.cols.pair is not None and pair is None:
+            what = "context" if task.type == "question_answering" else "second text"
+            raise RecipeError("--pair", f"this {task.type} model reads a {what} "
+                              f"({task.cols.pair}) as well", f"pass --pair '<{what}>'")
+        rows = []
+        for text in texts:
+            row = {task.cols.text: text.split() if task.type == "token_classification" else text}
+            if task.cols.pair is not None:
+                row[task.cols.pair] = pair
+            rows.append(row)
+    from launcher.engine.eval_main import predict
+
+    for out in predict(rd.root, chosen, rows):
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    return 0

@@ -1,0 +1,340 @@
+"""Generate four tiny synthetic task datasets and the one tiny BERT they all share.
+
+One dataset per task head the launcher can train besides sequence classification, each small
+enough to train on a CPU in under a minute, yet built so that a 2-layer, 64-wide BERT trained
+from random init clearly beats the trivial baseline (scripts/check_tiny_tasks.py measures it):
+
+* ``data/tiny_nli``        pair classification. The premise describes one scene,
+  ``the red cat sits on the blue mat .``; the hypothesis states one fact, ``the cat is red .``.
+  Entailment: the fact is in the premise. Contradiction: same subject, another colour or
+  action (now and then the colour of the *other* thing in the scene, so word overlap alone is
+  not quite enough). Neutral: a subject the premise does not mention. Every hypothesis shape
+  occurs in every class and premises are drawn independently of the label, so neither text
+  alone predicts it: the model has to compare the two. Classes are balanced, 3 % label noise.
+* ``data/tiny_multilabel`` multi-label classification over five tags. The text mixes two to
+  four topic words of each of its 0-3 tags with filler; about 5 % of rows have no tag.
+* ``data/tiny_ner``        CoNLL-2003 style BIO tagging (PER, LOC, ORG, MISC). Sentences come
+  from templates whose context words give the type away (``police in <LOC>``, ``shares of
+  <ORG>``); names come from lists, with multi-word entities (B- then I-). About a fifth of
+  the name words are invented ones kept OUT of the vocabulary, so WordPiece splits them into
+  character pieces and the first-sub-word label alignment is exercised.
+* ``data/tiny_qa``         SQuAD v2 extractive QA. A context is 8-14 facts
+  ``the owner of the boat is marta .``; the question repeats a key, ``who is the owner of the
+  boat ?``, and the answer is the name right after it. Keys (role, thing) are unique within a
+  context and facts share roles and things with each other, so the model must match both
+  words. A third of the questions ask for a key that is absent although its role and its thing
+  both occur in other facts: those are unanswerable (empty answer lists). With the question a
+  context is 75-125 word pieces, so a max_length of 64 splits it into several features.
+
+``models/tiny-bert-tasks/`` has the architecture of models/tiny-bert (2 layers, hidden 64, 2
+heads) and a WordPiece vocabulary holding every word of the four datasets as a whole token,
+except the invented NER names on purpose, plus the special tokens, punctuation, and every
+letter and digit alone and as a ``##`` continuation. No hub download is needed. Deterministic:
+running it again writes byte-identical files. Eval sets have 1001 rows (601 for QA), a count
+that divides by neither 2, 3, 4 nor 8.
+
+    python scripts/make_tiny_tasks.py   # writes data/tiny_{nli,multilabel,ner,qa}/ and models/tiny-bert-tasks/
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 20261124
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+PUNCT = [".", ",", "?", "!", ":", ";", "'", "-", "/", "(", ")"]
+
+# ---------------------------------------------------------------------------------------- NLI
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+ANIMALS = "cat dog bird horse cow goat sheep pig duck fox rabbit mouse frog bear wolf owl".split()
+THINGS = "mat box chair table rug bed rock log bench wall fence blanket sofa pillow basket step".split()
+COLORS = "red blue green yellow black white brown pink grey orange".split()
+VERBS = "sits sleeps stands rests waits lies".split()
+PREPS = "on near under beside behind".split()
+PREMISES = ["the {c1} {a} {v} {p} the {c2} {t} .",
+            "a {c1} {a} {v} {p} a {c2} {t} .",
+            "{p} the {c2} {t} , the {c1} {a} {v} .",
+            "look , the {c1} {a} {v} {p} the {c2} {t} ."]
+COLOR_HYPS = ["the {n} is {c} .", "there is a {c} {n} .", "the {n} looks {c} ."]
+ACTION_HYPS = ["the {n} {v} .", "a {n} {v} there ."]
+
+
+def nli_pair(rng: random.Random, label: str) -> tuple[str, str]:
+    a, t = rng.choice(ANIMALS), rng.choice(THINGS)
+    c1, c2 = rng.sample(COLORS, 2)
+    v, p = rng.choice(VERBS), rng.choice(PREPS)
+    premise = rng.choice(PREMISES).format(a=a, t=t, c1=c1, c2=c2, v=v, p=p)
+    if rng.random() < 0.3:  # a fact about the action
+        if label == "entailment":
+            n, verb = a, v
+        elif label == "contradiction":
+            n, verb = a, rng.choice([x for x in VERBS if x != v])
+        else:
+            n, verb = rng.choice([x for x in ANIMALS if x != a]), rng.choice([v, rng.choice(VERBS)])
+        return premise, rng.choice(ACTION_HYPS).format(n=n, v=verb)
+    about_animal = rng.random() < 0.5
+    n, own, other = (a, c1, c2) if about_animal else (t, c2, c1)
+    if label == "entailment":
+        c = own
+    elif label == "contradiction":  # mostly a colour absent from the premise, sometimes the other one
+        c = other if rng.random() < 0.25 else rng.choice([x for x in COLORS if x not in (c1, c2)])
+    else:  # an unmentioned subject, with a colour that may or may not occur in the premise
+        pool = ANIMALS if about_animal else THINGS
+        n = rng.choice([x for x in pool if x != (a if about_animal else t)])
+        c = rng.choice([c1, c2]) if rng.random() < 0.5 else rng.choice(COLORS)
+    return premise, rng.choice(COLOR_HYPS).format(n=n, c=c)
+
+
+def nli_rows(rng: random.Random, n: int, start: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        label = NLI_LABELS[i % 3] if rng.random() < 0.5 else rng.choice(NLI_LABELS)
+        premise, hypothesis = nli_pair(rng, label)
+        if rng.random() < 0.03:  # label noise
+            label = rng.choice(NLI_LABELS)
+        rows.append({"id": f"nli-{start + i:05d}", "premise": premise, "hypothesis": hypothesis,
+                     "label": label})
+    return rows
+
+
+# ------------------------------------------------------------------------------ multi-label
+TAGS = ("politics", "sports", "business", "tech", "health")
+TAG_WORDS = {
+    "politics": "senator election parliament minister vote campaign governor congress policy "
+                "treaty mayor ballot party diplomat cabinet reform",
+    "sports": "match coach league striker tournament goal stadium medal referee season "
+              "champion playoff squad marathon keeper trophy",
+    "business": "shares profit revenue investors merger market stocks earnings dividend "
+                "startup bankers inflation retail quarter ceo tariff",
+    "tech": "software chip internet laptop robot browser server startup algorithm network "
+            "wireless satellite processor app cloud gadget",
+    "health": "doctor vaccine hospital patients virus clinic nurse disease diet surgery "
+              "medicine fitness therapy symptoms flu vitamin",
+}
+TAG_WORDS = {t: sorted(set(w.split())) for t, w in TAG_WORDS.items()}
+TAG_WORDS["tech"].remove("startup")  # one word per tag only
+ML_FILLER = ("the a of in on at to for with from after new says report week today monday "
+             "friday big amid as its their announced expected plans latest early late major "
+             "top officials sources near record against while more than by under people local "
+             "city country").split()
+
+
+def ml_rows(rng: random.Random, n: int, start: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        k = rng.choices([0, 1, 2, 3], weights=[5, 45, 35, 15])[0]
+        tags = sorted(rng.sample(TAGS, k), key=TAGS.index)
+        words = [w for t in tags for w in rng.sample(TAG_WORDS[t], rng.randint(2, 4))]
+        words += rng.sample(ML_FILLER, rng.randint(4 if k else 6, 10))
+        rng.shuffle(words)
+        labels = list(tags)
+        if rng.random() < 0.02 and labels:  # a little noise: a tag goes missing
+            labels.remove(rng.choice(labels))
+        rows.append({"id": f"ml-{start + i:05d}", "text": " ".join(words) + " .", "labels": labels})
+    return rows
+
+
+# -------------------------------------------------------------------------------------- NER
+FIRST = "john mary peter anna david maria james laura paul sofia carlos elena thomas nina".split()
+LAST = "smith jones miller garcia wilson taylor martin clark lewis walker young allen king".split()
+# Invented words, never added to the vocabulary: WordPiece splits them into character pieces.
+OOV_LAST = "kowalczyk oyelaran thorvaldsen nakashima brzezinski okonkwo vaszary quennell".split()
+OOV_LOC = "zlatograd kervansk ouagamba tristovo".split()
+OOV_ORG = "veltronix quorvex zentrada".split()
+OOV_MISC = "zorvanian kelptian".split()
+LOC = ["paris", "london", "berlin", "madrid", "tokyo", "cairo", "rome", "moscow", "lima",
+       "new york", "hong kong", "south africa", "buenos aires", "united states", "los angeles"]
+ORG_HEAD = "acme globex nova apex union atlas summit".split()
+ORG_TAIL = "corp inc group labs bank motors airlines".split()
+ORG_SOLO = ["reuters", "google", "microsoft", "united nations", "world bank", "red cross"]
+MISC_ADJ = "german french italian japanese brazilian russian chinese".split()
+MISC_EVENT = ["world cup", "olympic games", "nobel prize", "grand prix", "davis cup"]
+DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+NER_TEMPLATES = [
+    "{PER} said on {DAY} that {ORG} will open an office in {LOC} .",
+    "{PER} , a spokesman for {ORG} , said the deal was good .",
+    "the {MISC} team beat {LOC} in the final .",
+    "shares of {ORG} rose after {PER} joined the board .",
+    "{PER} met {PER} in {LOC} on {DAY} .",
+    "{MISC} officials said {ORG} would not comment .",
+    "police in {LOC} arrested {PER} .",
+    "the {MISC} champion {PER} arrived in {LOC} .",
+    "{ORG} bought a factory near {LOC} .",
+    "mr {LASTNAME} told reporters in {LOC} that prices will fall .",
+    "{PER} won the {EVENT} last year .",
+    "the weather was cold on {DAY} .",
+    "{LOC} and {LOC} signed a trade pact .",
+    "{PER} , who works at {ORG} , flew from {LOC} to {LOC} .",
+    "the {MISC} minister {PER} visited {ORG} .",
+    "{ORG} said profits rose in {LOC} .",
+    "fans in {LOC} cheered for {PER} at the {EVENT} .",
+    "prices fell again on {DAY} .",
+]
+
+
+def _last(rng: random.Random) -> str:
+    return rng.choice(OOV_LAST) if rng.random() < 0.25 else rng.choice(LAST)
+
+
+def ner_entity(rng: random.Random, slot: str) -> tuple[list[str], str]:
+    if slot == "PER":
+        r = rng.random()
+        words = ([rng.choice(FIRST), _last(rng)] if r < 0.6 else [rng.choice(FIRST)] if r < 0.75
+                 else [_last(rng)] if r < 0.9 else [rng.choice(FIRST), "van", _last(rng)])
+        return words, "PER"
+    if slot == "LASTNAME":
+        return [_last(rng)], "PER"
+    if slot == "LOC":
+        return (rng.choice(OOV_LOC) if rng.random() < 0.2 else rng.choice(LOC)).split(), "LOC"
+    if slot == "ORG":
+        r = rng.random()
+        if r < 0.35:
+            return rng.choice(ORG_SOLO).split(), "ORG"
+        head = rng.choice(OOV_ORG) if r < 0.55 else rng.choice(ORG_HEAD)
+        return [head, rng.choice(ORG_TAIL)], "ORG"
+    if slot == "MISC":
+        return [rng.choice(OOV_MISC) if rng.random() < 0.15 else rng.choice(MISC_ADJ)], "MISC"
+    if slot == "EVENT":
+        return rng.choice(MISC_EVENT).split(), "MISC"
+    raise ValueError(slot)
+
+
+def ner_sentence(rng: random.Random) -> tuple[list[str], list[str]]:
+    while True:
+        tokens: list[str] = []
+        tags: list[str] = []
+        for part in rng.choice(NER_TEMPLATES).split():
+            if part.startswith("{"):
+                slot = part[1:-1]
+                if slot == "DAY":
+                    tokens.append(rng.choice(DAYS).capitalize())
+                    tags.append("O")
+                    continue
+                words, kind = ner_entity(rng, slot)
+                tokens += [w.capitalize() if w != "van" else w for w in words]
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+            else:
+                tokens.append(part)
+                tags.append("O")
+        tokens[0] = tokens[0][0].upper() + tokens[0][1:]
+        if 5 <= len(tokens) <= 20:
+            return tokens, tags
+
+
+def ner_rows(rng: random.Random, n: int, start: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        tokens, tags = ner_sentence(rng)
+        rows.append({"id": f"ner-{start + i:05d}", "tokens": tokens, "ner_tags": tags})
+    return rows
+
+
+# --------------------------------------------------------------------------------------- QA
+ROLES = "owner captain driver keeper builder painter seller guard".split()
+PLACES = ("boat car house shop farm bridge tower garden bike truck mill barn ship cart hotel "
+          "school church castle bakery library").split()
+NAMES = ("marta tom lina omar yuki ivan nora felix rosa hugo alba kai greta leon mila otto "
+         "vera bruno zara emil iris jonas kira luca").split()
+
+
+def qa_row(rng: random.Random, answerable: bool, rid: str) -> dict:
+    n_facts = rng.randint(8, 14)
+    places = rng.sample(PLACES, rng.randint(3, 5))
+    keys = [(r, p) for r in ROLES for p in places]
+    rng.shuffle(keys)
+    facts = keys[:n_facts]
+    names = rng.sample(NAMES, n_facts)
+    if answerable:
+        qi = rng.randrange(n_facts)
+        ask = facts[qi]
+    else:  # an absent key whose role and place both occur in other facts
+        roles = {r for r, _ in facts}
+        ask = rng.choice([k for k in keys[n_facts:] if k[0] in roles])
+    parts, start = [], None
+    pos = 0
+    for (role, place), name in zip(facts, names):
+        prefix = f"the {role} of the {place} is "
+        if (role, place) == ask:
+            start = pos + len(prefix)
+        sentence = f"{prefix}{name} ."
+        parts.append(sentence)
+        pos += len(sentence) + 1
+    context = " ".join(parts)
+    question = f"who is the {ask[0]} of the {ask[1]} ?"
+    if answerable:
+        text = names[qi]
+        assert context[start:start + len(text)] == text
+        answers = {"text": [text], "answer_start": [start]}
+    else:
+        answers = {"text": [], "answer_start": []}
+    return {"id": rid, "question": question, "context": context, "answers": answers}
+
+
+def qa_rows(rng: random.Random, n: int, start: int) -> list[dict]:
+    return [qa_row(rng, rng.random() >= 1 / 3, f"qa-{start + i:05d}") for i in range(n)]
+
+
+# ------------------------------------------------------------------------------- writing
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def dataset_words() -> set[str]:
+    words = set(ANIMALS + THINGS + COLORS + VERBS + PREPS)
+    for t in PREMISES + COLOR_HYPS + ACTION_HYPS + NER_TEMPLATES:
+        words |= {w for w in t.split() if not w.startswith("{")}
+    words |= set(TAGS) | {w for ws in TAG_WORDS.values() for w in ws} | set(ML_FILLER)
+    for group in (FIRST, LAST, LOC, ORG_HEAD, ORG_TAIL, ORG_SOLO, MISC_ADJ, MISC_EVENT, DAYS):
+        words |= {w for item in group for w in item.split()}
+    words |= {"van", "who", "is", "the", "of"} | set(ROLES + PLACES + NAMES)
+    return {w for w in words if w not in PUNCT}
+
+
+def write_tokenizer_and_config(model_dir: Path) -> list[str]:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + PUNCT
+    vocab += sorted(dataset_words())
+    vocab += [c for c in CHARS if c not in vocab]
+    vocab += [f"##{c}" for c in CHARS]
+    oov = set(OOV_LAST + OOV_LOC + OOV_ORG + OOV_MISC)
+    assert not oov & set(vocab), "an invented NER name slipped into the vocabulary"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128,
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+        "mask_token": "[MASK]"}, indent=2) + "\n")
+    (model_dir / "config.json").write_text(json.dumps({
+        "architectures": ["BertModel"], "model_type": "bert",
+        "vocab_size": len(vocab), "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 128, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12, "pad_token_id": 0}, indent=2) + "\n")
+    return vocab
+
+
+def main() -> None:
+    # One generator per dataset, so that tuning one task never changes the others' files.
+    rng = random.Random(SEED)
+    seeds = [rng.randrange(2**32) for _ in range(4)]
+    r = random.Random(seeds[0])
+    write_jsonl(ROOT / "data/tiny_nli/train.jsonl", nli_rows(r, 3000, 0))
+    write_jsonl(ROOT / "data/tiny_nli/eval.jsonl", nli_rows(r, 1001, 3000))
+    r = random.Random(seeds[1])
+    write_jsonl(ROOT / "data/tiny_multilabel/train.jsonl", ml_rows(r, 3000, 0))
+    write_jsonl(ROOT / "data/tiny_multilabel/eval.jsonl", ml_rows(r, 1001, 3000))
+    r = random.Random(seeds[2])
+    write_jsonl(ROOT / "data/tiny_ner/train.jsonl", ner_rows(r, 3000, 0))
+    write_jsonl(ROOT / "data/tiny_ner/eval.jsonl", ner_rows(r, 1001, 3000))
+    r = random.Random(seeds[3])
+    write_jsonl(ROOT / "data/tiny_qa/train.jsonl", qa_rows(r, 2000, 0))
+    write_jsonl(ROOT / "data/tiny_qa/eval.jsonl", qa_rows(r, 601, 2000))
+    write_tokenizer_and_config(ROOT / "models/tiny-bert-tasks")
+
+
+if __name__ == "__main__":
+    main()
