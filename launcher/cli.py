@@ -100,6 +100,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
     if args.command == "render":
         plan = plan_mod.build(loaded)
+        _data_notes(plan, console)
         if args.explain:
             explain(plan, console)
         # Absolute, so launch.sh and accelerate.yaml work from any directory.
@@ -111,6 +112,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
     executor = LocalExecutor()
     plan = plan_mod.build(loaded)
+    _data_notes(plan, console)
     executor.check(plan)
     if args.explain:
         explain(plan, console)
@@ -119,6 +121,15 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         console.print(f"plan written to {plan_dir}; not launched (--dry-run)")
         return 0
     return executor.run(plan, plan_dir, console)
+
+
+def _data_notes(plan, console: Console) -> None:
+    from launcher.plan.scan import Scan
+
+    for which, found in plan.data_checks.items():
+        note = Scan(**found).describe_empty(f"data.{which}")
+        if note:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,10 @@ def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
             rows.append(row)
     from launcher.engine.eval_main import predict
 
-    for out in predict(rd.root, chosen, rows):
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    try:
+        for out in predict(rd.root, chosen, rows):
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

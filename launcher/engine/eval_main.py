@@ -28,8 +28,10 @@ from launcher.run_dir import RunDir
 
 def load(run_dir: Path, checkpoint: Optional[str]) -> tuple[Plan, Any, Any, Any]:
     """(plan, task, tokenizer, model) of a run, from final/ or from one checkpoint's weights."""
+    import transformers
     from transformers import AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()
     rd = RunDir(run_dir)
     plan = Plan.from_json((rd.plan / "plan.json").read_text())
     task = tasks.for_recipe(plan.recipe)

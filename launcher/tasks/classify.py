@@ -45,9 +45,8 @@ class SequenceClassification(Task):
         return dict(enc), texts, pairs
 
     def _ids(self, rows: Sequence[dict], texts: list[str]) -> list[str]:
-        if self.cols.id:
-            return [str(r.get(self.cols.id)) for r in rows]
-        return [t[:80] for t in texts]
+        return [str(r[self.cols.id]) if self.cols.id and r.get(self.cols.id) is not None
+                else t[:80] for r, t in zip(rows, texts)]
 
     def encode(self, rows: Sequence[dict], tokenizer: Any, *, indices: Sequence[int],
                labeled: bool = True) -> dict[str, Any]:

@@ -108,7 +108,8 @@ class QuestionAnswering(Task):
         inputs = dict(enc)
         if answers is not None:
             inputs["labels"] = torch.tensor(positions, dtype=torch.long)
-        ids = [str(r.get(self.cols.id)) for r in rows] if self.cols.id else [q[:80] for q in questions]
+        ids = [str(r[self.cols.id]) if self.cols.id and r.get(self.cols.id) is not None
+               else q[:80] for r, q in zip(rows, questions)]
         return {"inputs": inputs, "ids": ids, "index": list(indices),
                 "meta": {"owner": owner, "offsets": offsets, "questions": questions,
                          "contexts": contexts,

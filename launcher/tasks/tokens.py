@@ -90,8 +90,8 @@ class TokenClassification(Task):
                     if t is not None:
                         labels[j, t] = gold[j][w]
             inputs["labels"] = labels
-        ids = [str(r.get(self.cols.id)) for r in rows] if self.cols.id else \
-            [" ".join(w)[:80] for w in words]
+        ids = [str(r[self.cols.id]) if self.cols.id and r.get(self.cols.id) is not None
+               else " ".join(w)[:80] for r, w in zip(rows, words)]
         return {"inputs": inputs, "ids": ids, "index": list(indices),
                 "meta": {"words": words, "first": first, "gold": gold}}
 
