@@ -1,7 +1,7 @@
 """Where examples come from: a local file or a hub dataset name.
 
-The plan uses this to check columns and count rows before anything runs; the engine uses it
-to open the same source as a stream.
+The plan uses this to check columns and rows before anything runs; the engine uses it to open
+the same source as a stream.
 """
 
 from __future__ import annotations
@@ -54,19 +54,6 @@ def columns(src: Source) -> list[str]:
             return next(csv.reader(fh), [])
     import pyarrow.parquet as pq
     return list(pq.read_schema(src.path).names)
-
-
-def count_rows(src: Source) -> int:
-    """Rows in a local file without parsing them all (line count for JSONL)."""
-    assert src.path is not None
-    if src.builder == "json":
-        with src.path.open("rb") as fh:
-            return sum(1 for line in fh if line.strip())
-    if src.builder == "csv":
-        with src.path.open(newline="") as fh:
-            return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
-    import pyarrow.parquet as pq
-    return pq.ParquetFile(src.path).metadata.num_rows
 
 
 def open_stream(src: Source, *, streaming: bool):

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# In-process plan building reads local files through HF datasets: never let it reach for a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny_news.py"
 

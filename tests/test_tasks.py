@@ -1,0 +1,156 @@
+"""Every task's tiny twin trains on 2 CPU ranks and beats a trivial baseline; evaluation gives
+byte-identical results at world sizes 1, 2 and 3; eval and predict work on the trained run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, launcher
+from launcher.run_dir import RunDir
+
+_RUNS: dict[str, tuple[RunDir, str]] = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train a tiny twin once per module, on first use: name -> (run dir, stdout)."""
+    def get(name: str) -> tuple[RunDir, str]:
+        if name not in _RUNS:
+            out = tmp_path_factory.mktemp(name) / "run"
+            proc = launcher("run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
+                            f"run.output_dir={out}", timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            _RUNS[name] = (RunDir(out), proc.stdout)
+        return _RUNS[name]
+    return get
+
+
+def _eval_rows(name: str) -> list[dict]:
+    path = REPO / "data" / f"tiny_{name}" / "eval.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _final_metrics(rd: RunDir) -> dict:
+    return json.loads(sorted(rd.eval.glob("step-*"))[-1].joinpath("metrics.json").read_text())
+
+
+def test_nli_pairs_beat_the_majority_class(trained):
+    rd, stdout = trained("nli")
+    gold = Counter(r["label"] for r in _eval_rows("nli"))
+    majority = max(gold.values()) / sum(gold.values())
+    metrics = _final_metrics(rd)
+    assert metrics["examples"] == 1001
+    assert metrics["accuracy"] > majority + 0.25, (metrics["accuracy"], majority)
+    assert metrics["macro_f1"] > 0.6
+    # What a person reads after the run: per-class table, confusion matrix, worst mistakes.
+    assert "Per class (eval)" in stdout and "contradiction" in stdout
+    out = sorted(rd.eval.glob("step-*"))[-1]
+    assert (out / "confusion_matrix.png").stat().st_size > 5000
+    assert sum(map(sum, metrics["confusion_matrix"])) == 1001
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors, "a model at this accuracy makes some mistakes"
+    assert len(errors) == min(200, round((1 - metrics["accuracy"]) * 1001))
+    assert [e["confidence"] for e in errors] == sorted((e["confidence"] for e in errors), reverse=True)
+    first = errors[0]
+    assert first["gold"] != first["predicted"] and first["text"] and first["hypothesis"]
+
+
+def test_multilabel_beats_predicting_the_most_frequent_tag(trained):
+    rd, stdout = trained("multilabel")
+    rows = _eval_rows("multilabel")
+    top = Counter(t for r in rows for t in r["labels"]).most_common(1)[0]
+    # Always predicting the most frequent tag: precision top/rows, recall top/all tags.
+    tags = sum(len(r["labels"]) for r in rows)
+    p, r = top[1] / len(rows), top[1] / tags
+    baseline = 2 * p * r / (p + r)
+    metrics = _final_metrics(rd)
+    assert metrics["micro_f1"] > baseline + 0.25, (metrics["micro_f1"], baseline)
+    assert set(metrics["per_label"]) == {"politics", "sports", "business", "tech", "health"}
+    assert "Per label" in stdout
+
+
+def test_ner_beats_all_o(trained):
+    rd, stdout = trained("ner")
+    metrics = _final_metrics(rd)
+    # All-O predicts no entity: entity F1 0.
+    assert metrics["f1"] > 0.6, metrics
+    assert {"PER", "LOC", "ORG", "MISC"} <= set(metrics["per_entity"])
+    assert "Per entity type" in stdout
+
+
+def test_qa_beats_always_null(trained):
+    rd, stdout = trained("qa")
+    rows = _eval_rows("qa")
+    no_answer = sum(not r["answers"]["text"] for r in rows) / len(rows)
+    metrics = _final_metrics(rd)
+    assert metrics["f1"] > 100 * no_answer + 15, (metrics["f1"], 100 * no_answer)
+    assert metrics["HasAns_total"] + metrics["NoAns_total"] == len(rows) == 601
+    assert metrics["HasAns_f1"] > 30
+    assert "SQuAD v2 (eval)" in stdout
+
+
+@pytest.mark.parametrize("name", ["nli", "ner", "qa"])
+def test_eval_is_identical_at_world_sizes_1_2_3(trained, name):
+    rd, _ = trained(name)
+    rows = len(_eval_rows(name))
+    assert rows % 2 and rows % 3 and rows % 64, "the eval set must divide by neither"
+    seen = []
+    for nproc in (1, 2, 3):
+        proc = launcher("eval", rd.root, "--nproc-per-node", nproc)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out = rd.eval / "final-on-eval"
+        seen.append(((out / "metrics.json").read_text(), (out / "errors.jsonl").read_text()))
+        assert json.loads(seen[-1][0])["examples"] == rows
+    assert seen[0] == seen[1] == seen[2]
+    # ... and the same numbers the run itself reported at its last step.
+    during = _final_metrics(rd)
+    after = json.loads(seen[0][0])
+    for key in ("accuracy", "macro_f1", "f1", "exact"):
+        if key in during:
+            assert after[key] == during[key]
+
+
+def test_eval_a_checkpoint_on_another_file(trained, tmp_path):
+    rd, _ = trained("nli")
+    subset = tmp_path / "dev.jsonl"
+    subset.write_text("".join(json.dumps(r) + "\n" for r in _eval_rows("nli")[:77]))
+    proc = launcher("eval", rd.root, "--checkpoint", "best", "--data", subset)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    best = rd.best().name
+    metrics = json.loads((rd.eval / f"{best}-on-dev" / "metrics.json").read_text())
+    assert metrics["examples"] == 77 and metrics["step"] == int(best.split("-")[1])
+    bad = launcher("eval", rd.root, "--checkpoint", "step-9")
+    assert bad.returncode == 2 and "--checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_predict_prints_what_each_task_predicts(trained):
+    rd, _ = trained("ner")
+    row = _eval_rows("ner")[0]
+    proc = launcher("predict", rd.root, "--text", " ".join(row["tokens"]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tags"] == row["ner_tags"] and isinstance(out["entities"], list)
+
+    rd, _ = trained("nli")
+    row = _eval_rows("nli")[0]
+    missing = launcher("predict", rd.root, "--text", row["premise"])
+    assert missing.returncode == 2 and "--pair" in missing.stderr
+    proc = launcher("predict", rd.root, "--text", row["premise"], "--pair", row["hypothesis"])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["label"] in ("entailment", "neutral", "contradiction") and 0 < out["confidence"] <= 1
+
+    rd, _ = trained("qa")
+    rows = [r for r in _eval_rows("qa") if r["answers"]["text"]][:5]
+    path = Path(rd.root) / "questions.jsonl"
+    path.write_text("".join(json.dumps({k: r[k] for k in ("id", "question", "context")}) + "\n"
+                            for r in rows))
+    proc = launcher("predict", rd.root, "--file", path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [a["id"] for a in answers] == [r["id"] for r in rows]
+    right = sum(a["answer"] == r["answers"]["text"][0] for a, r in zip(answers, rows))
+    assert right >= 3
