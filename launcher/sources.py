@@ -10,7 +10,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -54,6 +54,33 @@ def columns(src: Source) -> list[str]:
             return next(csv.reader(fh), [])
     import pyarrow.parquet as pq
     return list(pq.read_schema(src.path).names)
+
+
+def read_rows(src: Source) -> Iterator[dict]:
+    """Rows of a local file as the engine's HF loaders give them, without importing datasets
+    (whose IterableDataset imports torch): planning stays a light step on a login node."""
+    assert src.path is not None
+    if src.builder == "json":
+        with src.path.open() as fh:
+            head = fh.read(1).lstrip()
+            fh.seek(0)
+            if head == "[":  # one JSON array of rows
+                yield from json.load(fh)
+                return
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+    elif src.builder == "csv":
+        import pandas as pd  # HF's CSV loader reads with pandas too: same types per column
+
+        for chunk in pd.read_csv(src.path, chunksize=10_000):
+            chunk = chunk.astype(object).where(chunk.notna(), None)
+            yield from chunk.to_dict("records")
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(src.path).iter_batches(batch_size=10_000):
+            yield from batch.to_pylist()
 
 
 def open_stream(src: Source, *, streaming: bool):

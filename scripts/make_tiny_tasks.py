@@ -232,36 +232,41 @@ NAMES = ("marta tom lina omar yuki ivan nora felix rosa hugo alba kai greta leon
          "vera bruno zara emil iris jonas kira luca").split()
 
 
+BREAKS = ["at {h} there is a short break .", "at {h} the whole town is asleep ."]
+
+
 def qa_row(rng: random.Random, kind: str, rid: str) -> dict:
-    """kind: "answer", "no_hour" (the hour is not on the roster) or "no_match" (the roster
-    has the hour, but for another place or role)."""
+    """kind: "answer"; "break" (the roster has a break at the hour asked about); "late" (the
+    hour asked about is after the end of the roster)."""
     n = rng.randint(8, 10)
-    facts = [(hour, rng.choice(PLACES), rng.choice(ROLES)) for hour in HOURS[:n]]
+    breaks = set(rng.sample(range(n), rng.randint(0, 2) if kind != "break" else rng.randint(1, 2)))
+    facts = [(HOURS[i], rng.choice(PLACES), rng.choice(ROLES)) for i in range(n)]
     names = rng.sample(NAMES, n)
-    qi = rng.randrange(n)
-    hour, place, role = facts[qi]
-    if kind == "no_hour":
-        hour = rng.choice(HOURS[n:])
-    elif kind == "no_match":
-        place, role = rng.choice([(p, r) for _, p, r in facts if (p, r) != (place, role)])
+    staffed = [i for i in range(n) if i not in breaks]
+    asked = rng.choice(sorted(breaks) if kind == "break" else staffed)
+    place, role = facts[asked][1:] if kind == "answer" else facts[rng.choice(staffed)][1:]
+    hour = rng.choice(HOURS[n:]) if kind == "late" else HOURS[asked]
     parts, pos, start = [], 0, None
-    for (h, p, r), name in zip(facts, names):
-        prefix = f"at {h} the {p} {r} is "
-        if kind == "answer" and (h, p, r) == (hour, place, role):
-            start = pos + len(prefix)
-        parts.append(f"{prefix}{name} .")
+    for i, ((h, p, r), name) in enumerate(zip(facts, names)):
+        if i in breaks:
+            parts.append(rng.choice(BREAKS).format(h=h))
+        else:
+            prefix = f"at {h} the {p} {r} is "
+            if i == asked:
+                start = pos + len(prefix)
+            parts.append(f"{prefix}{name} .")
         pos += len(parts[-1]) + 1
     context = " ".join(parts)
     answers: dict = {"text": [], "answer_start": []}
     if kind == "answer":
-        answers = {"text": [names[qi]], "answer_start": [start]}
-        assert context[start:start + len(names[qi])] == names[qi]
+        answers = {"text": [names[asked]], "answer_start": [start]}
+        assert context[start:start + len(names[asked])] == names[asked]
     return {"id": rid, "question": f"who is the {place} {role} at {hour} ?", "context": context,
             "answers": answers}
 
 
 def qa_rows(rng: random.Random, n: int, start: int) -> list[dict]:
-    kinds = rng.choices(["answer", "no_hour", "no_match"], weights=[6, 3, 0], k=n)
+    kinds = rng.choices(["answer", "break", "late"], weights=[4, 1, 1], k=n)
     return [qa_row(rng, kind, f"qa-{start + i:05d}") for i, kind in enumerate(kinds)]
 
 
@@ -273,7 +278,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def dataset_words() -> set[str]:
     words = set(ANIMALS + THINGS + VERBS + PREPS) | {w for ws in ATTRIBUTES.values() for w in ws}
-    for t in PREMISES + HYPOTHESES + NER_TEMPLATES:
+    for t in PREMISES + HYPOTHESES + NER_TEMPLATES + BREAKS:
         words |= {w for w in t.split() if not w.startswith("{")}
     words |= set(TAGS) | {w for ws in TAG_WORDS.values() for w in ws} | set(ML_FILLER)
     for group in (FIRST, LAST, LOC, ORG_HEAD, ORG_TAIL, ORG_SOLO, MISC_ADJ, MISC_EVENT, DAYS):

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
 
-from conftest import REPO, TINY, launcher
+from rich.console import Console
+
+from conftest import REPO, TINY
+from launcher import plan as plan_mod
+from launcher.executors.local import LocalExecutor
+from launcher.recipe.load import load
 
 
-def test_failing_rank_is_named_with_its_log(tmp_path):
+def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
     rows = [json.loads(line) for line in (REPO / "data/tiny_news/train.jsonl").read_text().splitlines()[:400]]
-    rows[3]["label"] = "Politics"  # odd rows go to rank 1 of 2
-    data = tmp_path / "bad.jsonl"
+    data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = launcher("run", TINY, "--nproc-per-node", "2", f"data.train={data}",
-                    f"run.output_dir={tmp_path / 'run'}", "run.max_steps=3", "run.epochs=none")
-    assert proc.returncode != 0
-    assert "rank 1 of 2 failed" in proc.stderr
-    assert "label 'Politics'" in proc.stderr  # from the last lines of logs/rank1.log
+    plan = plan_mod.build(load(TINY, ["scale.procs_per_node=2", f"data.train={data}",
+                                      f"run.output_dir={tmp_path / 'run'}", "run.max_steps=3",
+                                      "run.epochs=none"]))
+    # The file changes after planning (as it may while a job waits in a queue): the plan's
+    # checks passed, so only the rank that reads the bad row (odd rows: rank 1) finds it.
+    rows[3]["label"] = "Politics"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    executor = LocalExecutor()
+    executor.check(plan)
+    rc = executor.run(plan, executor.prepare(plan), Console(file=io.StringIO()))
+    stderr = capsys.readouterr().err
+    assert rc != 0
+    assert "rank 1 of 2 failed" in stderr
+    assert "label 'Politics'" in stderr  # from the last lines of logs/rank1.log
     assert (tmp_path / "run/logs/rank1.error").is_file()

@@ -73,3 +73,28 @@ def test_early_stopping_keeps_and_exports_the_best_checkpoint(tmp_path):
     assert summary["steps"] == 30 and summary["best"]["step"] == 10
     assert rd.best() == rd.checkpoint(10) and rd.latest() == rd.checkpoint(30)
     assert sorted(p.name for p in rd.checkpoints.glob("step-*")) == ["step-0000010", "step-0000030"]
+
+
+def test_schedules_warm_up_then_follow_their_shape():
+    import torch
+
+    from launcher.engine.optim import build_optimizer, build_scheduler
+
+    def lrs(name: str) -> list[float]:
+        cfg = load(TINY, [f"optim.scheduler={name}", "optim.lr=1e-3"]).recipe.optim
+        opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
+        sched = build_scheduler(opt, cfg, warmup_steps=10, total_steps=100)
+        seen = []
+        for _ in range(100):
+            seen.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return seen
+
+    for name in ("linear", "cosine", "constant", "constant_with_warmup"):
+        seen = lrs(name)
+        assert seen[0] == 0 and seen[5] == 5e-4 and seen[10] == 1e-3, name
+    linear, cosine, constant = lrs("linear"), lrs("cosine"), lrs("constant_with_warmup")
+    assert constant[10:] == [1e-3] * 90
+    assert abs(linear[55] - 5e-4) < 1e-12 and abs(cosine[55] - 5e-4) < 1e-12  # both halfway
+    assert cosine[30] > linear[30] and cosine[80] < linear[80]  # cosine: slow, then fast

@@ -9,7 +9,8 @@ from transformers import get_scheduler
 
 from launcher.recipe.schema import OptimConfig
 
-_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup",
+              "constant_with_warmup": "constant_with_warmup"}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -43,7 +43,7 @@ class Scan:
 
 def scan(task: Task, src: sources.Source, limit: Optional[int] = None) -> Scan:
     result = Scan(label_counts=[0] * max(len(task.labels), 2))
-    stream = sources.open_stream(src, streaming=True)
+    stream = sources.read_rows(src) if src.is_local else sources.open_stream(src, streaming=True)
     for index, row in enumerate(stream):
         if limit is not None and index >= limit:
             break

@@ -8,9 +8,10 @@ records (gathered from all ranks, in file order) into metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays light
+    import torch
 
 from launcher.errors import RecipeError
 from launcher.recipe.schema import Recipe
@@ -43,6 +44,7 @@ class Task:
 
     type: str
     main_metric: str
+    metric_names: tuple[str, ...]  # what eval.metric may name
     default_text, default_pair, default_label = "text", None, "label"
     auto_model: str  # transformers AutoModelFor... class name
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays light
+    import torch
+
 from rich.table import Table
 
 from launcher.metrics import classification_report
@@ -16,6 +17,8 @@ from launcher.tasks.base import Task, row_error, text_of
 class SequenceClassification(Task):
     type = "sequence_classification"
     main_metric = "macro_f1"
+    metric_names = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                    "loss")
     auto_model = "AutoModelForSequenceClassification"
 
     def label_id(self, index: int, row: dict, value: Any) -> int:
@@ -50,6 +53,7 @@ class SequenceClassification(Task):
 
     def encode(self, rows: Sequence[dict], tokenizer: Any, *, indices: Sequence[int],
                labeled: bool = True) -> dict[str, Any]:
+        import torch
         inputs, texts, pairs = self._tokenize(tokenizer, rows)
         if labeled:
             inputs["labels"] = torch.tensor([self.label_id(i, r, r.get(self.cols.label))
@@ -58,10 +62,12 @@ class SequenceClassification(Task):
                 "meta": {"texts": texts, "pairs": pairs}}
 
     def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
         return F.cross_entropy(outputs.logits.float(), labels, weight=weights,
                                label_smoothing=self.cfg.label_smoothing)
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
+        import torch.nn.functional as F
         logits = outputs.logits.float()
         probs = logits.softmax(-1)
         conf, pred = probs.max(-1)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays light
+    import torch
+
 from rich.table import Table
 
 from launcher.metrics import multilabel_report
@@ -17,6 +18,8 @@ from launcher.tasks.classify import SequenceClassification
 class MultiLabelClassification(SequenceClassification):
     type = "multi_label_classification"
     main_metric = "micro_f1"
+    metric_names = ("micro_f1", "macro_f1", "subset_accuracy", "micro_precision",
+                    "micro_recall", "loss")
     default_label = "labels"
 
     def config_kwargs(self) -> dict[str, Any]:
@@ -38,6 +41,7 @@ class MultiLabelClassification(SequenceClassification):
 
     def encode(self, rows: Sequence[dict], tokenizer: Any, *, indices: Sequence[int],
                labeled: bool = True) -> dict[str, Any]:
+        import torch
         inputs, texts, pairs = self._tokenize(tokenizer, rows)
         if labeled:
             hot = torch.zeros(len(rows), len(self.labels))
@@ -48,11 +52,13 @@ class MultiLabelClassification(SequenceClassification):
                 "meta": {"texts": texts, "pairs": pairs}}
 
     def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
         # Class weights act on the positive term of each label, the usual remedy for rare tags.
         return F.binary_cross_entropy_with_logits(outputs.logits.float(), labels.float(),
                                                   pos_weight=weights)
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
+        import torch.nn.functional as F
         logits = outputs.logits.float()
         probs = logits.sigmoid()
         hot = probs > self.cfg.threshold

@@ -10,10 +10,11 @@ the context through the tokenizer's offsets.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays light
+    import torch
+
 from rich.table import Table
 
 from launcher.errors import RecipeError
@@ -27,6 +28,8 @@ N_BEST = 20
 class QuestionAnswering(Task):
     type = "question_answering"
     main_metric = "f1"
+    metric_names = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact",
+                    "loss")
     default_text, default_pair, default_label = "question", "context", "answers"
     auto_model = "AutoModelForQuestionAnswering"
 
@@ -88,6 +91,7 @@ class QuestionAnswering(Task):
 
     def encode(self, rows: Sequence[dict], tokenizer: Any, *, indices: Sequence[int],
                labeled: bool = True) -> dict[str, Any]:
+        import torch
         d = self.data
         questions = [str(r[self.cols.text]).lstrip() for r in rows]
         contexts = [str(r[self.cols.pair]) for r in rows]
@@ -116,11 +120,14 @@ class QuestionAnswering(Task):
                          "golds": None if answers is None else [[a for a, _ in x] for x in answers]}}
 
     def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
         start = F.cross_entropy(outputs.start_logits.float(), labels[:, 0])
         end = F.cross_entropy(outputs.end_logits.float(), labels[:, 1])
         return (start + end) / 2
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
+        import torch
+        import torch.nn.functional as F
         start, end = outputs.start_logits.float().cpu(), outputs.end_logits.float().cpu()
         meta = batch["meta"]
         labels = batch["inputs"].get("labels")

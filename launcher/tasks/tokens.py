@@ -8,10 +8,11 @@ word's prediction is read from its first piece, as in the BERT paper.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays light
+    import torch
+
 from rich.table import Table
 
 from launcher.errors import RecipeError
@@ -25,6 +26,7 @@ IGNORE = -100
 class TokenClassification(Task):
     type = "token_classification"
     main_metric = "f1"
+    metric_names = ("f1", "precision", "recall", "token_accuracy", "loss")
     default_text, default_label = "tokens", "ner_tags"
     auto_model = "AutoModelForTokenClassification"
 
@@ -68,6 +70,7 @@ class TokenClassification(Task):
 
     def encode(self, rows: Sequence[dict], tokenizer: Any, *, indices: Sequence[int],
                labeled: bool = True) -> dict[str, Any]:
+        import torch
         d = self.data
         words = [[str(w) for w in r[self.cols.text]] for r in rows]
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=d.max_length,
@@ -96,11 +99,13 @@ class TokenClassification(Task):
                 "meta": {"words": words, "first": first, "gold": gold}}
 
     def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
         logits = outputs.logits.float()
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), weight=weights,
                                ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing)
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
+        import torch.nn.functional as F
         logits = outputs.logits.float()
         probs = logits.softmax(-1)
         conf, pred = probs.max(-1)
