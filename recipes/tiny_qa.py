@@ -20,5 +20,5 @@ recipe = Recipe(
     scale=ScaleConfig(precision="fp32", micro_batch=32),
     optim=OptimConfig(lr=1.5e-3, warmup_ratio=0.05),
     eval=EvalConfig(every=100),
-    run=RunConfig(epochs=6, log_every=10),
+    run=RunConfig(epochs=12, log_every=10),
 )
