@@ -15,6 +15,11 @@ scripts/make_tiny_tasks.py) rather than the engine:
               doc stride, an answer outside a feature (or none) points at [CLS]; per example the
               best span over its features against the null score; SQuAD-v2 F1 vs always-null.
 
+Training: AdamW (weight decay 0.01, none on biases and LayerNorm), linear warm-up over 5 % of
+the steps then linear decay to 0, gradient clipping at 1.0, fp32, torch.set_num_threads(2).
+Dropout is set to 0.0 (the model's config.json says 0.1): with 0.1 the pair task and QA stay on
+their plateau for these step counts. Exit status 1 if a task does not clear its bar.
+
     python scripts/check_tiny_tasks.py                  # all four, the default settings
     python scripts/check_tiny_tasks.py qa --steps 800   # one task, other settings
 """
@@ -42,11 +47,11 @@ MODEL = ROOT / "models/tiny-bert-tasks"
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 TAGS = ("politics", "sports", "business", "tech", "health")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
-DEFAULTS = {  # steps, batch, lr, max_length (doc stride for qa)
-    "nli": dict(steps=400, batch=32, lr=3e-3, max_length=64),
-    "multilabel": dict(steps=200, batch=32, lr=3e-3, max_length=64),
-    "ner": dict(steps=300, batch=32, lr=3e-3, max_length=64),
-    "qa": dict(steps=800, batch=32, lr=3e-3, max_length=128, stride=32),
+DEFAULTS = {  # the settings that worked; qa also has a doc stride
+    "nli": dict(steps=600, batch=64, lr=1.5e-3, max_length=64, dropout=0.0),
+    "multilabel": dict(steps=300, batch=64, lr=1.5e-3, max_length=64, dropout=0.0),
+    "ner": dict(steps=300, batch=64, lr=1.5e-3, max_length=64, dropout=0.0),
+    "qa": dict(steps=500, batch=64, lr=1.5e-3, max_length=128, stride=32, dropout=0.0),
 }
 
 
@@ -119,7 +124,7 @@ def predict(model, features: list[dict], batch: int = 128) -> list[dict]:
     return outs
 
 
-DROPOUT: dict = {}
+DROPOUT: dict = {}  # set per task from its settings
 
 
 def config(**kw):
@@ -303,10 +308,12 @@ def run_qa(tok, a) -> dict:
         null_ok += not gold and pred == ""
         ans_ok += bool(gold) and squad_f1(pred, gold) == 1.0
     f1, b = 100 * sum(f1s) / len(f1s), 100 * sum(base) / len(base)
+    split64 = len(qa_features(tok, eval_rows, argparse.Namespace(max_length=64, stride=32)))
     return dict(metric="SQuAD-v2 F1", model=f1, baseline=b, baseline_is="always null",
                 ok=f1 > b + 15, seconds=secs,
                 note=f"{len(tf)} train / {len(ev)} eval features from {len(train_rows)} / "
-                     f"{len(eval_rows)} examples; HasAns exact {ans_ok}/{len(eval_rows) - n_null}, "
+                     f"{len(eval_rows)} examples ({split64} eval features at max_length 64, stride "
+                     f"32); HasAns exact {ans_ok}/{len(eval_rows) - n_null}, "
                      f"NoAns right {null_ok}/{n_null}")
 
 
@@ -320,21 +327,23 @@ def main() -> None:
     p.add_argument("--stride", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dropout", type=float, help="override the config's dropout (0.1)")
+    p.add_argument("--dropout", type=float, help="hidden and attention dropout (default 0.0)")
+    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
-    if args.dropout is not None:
-        DROPOUT.update(hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(MODEL)
     results = {}
     for task in args.tasks:
         a = argparse.Namespace(**{**DEFAULTS[task], "seed": args.seed})
-        for k in ("steps", "batch", "lr", "max_length", "stride"):
+        for k in ("steps", "batch", "lr", "max_length", "stride", "dropout"):
             if getattr(args, k) is not None:
                 setattr(a, k, getattr(args, k))
+        DROPOUT.clear()
+        DROPOUT.update(hidden_dropout_prob=a.dropout, attention_probs_dropout_prob=a.dropout)
         torch.manual_seed(args.seed)
         print(f"== {task}: steps {a.steps}, batch {a.batch}, lr {a.lr}, max_length {a.max_length}"
-              + (f", doc stride {a.stride}" if task == "qa" else ""), flush=True)
+              + (f", doc stride {a.stride}" if task == "qa" else "") + f", dropout {a.dropout}, "
+              f"seed {a.seed}", flush=True)
         t0 = time.perf_counter()
         res = globals()[f"run_{task}"](tok, a)
         res["total_seconds"] = time.perf_counter() - t0
@@ -345,6 +354,14 @@ def main() -> None:
               f"train {res['seconds']:.1f} s, total {res['total_seconds']:.1f} s"
               + (f"; token F1 {res['token_f1']:.3f}" if "token_f1" in res else "")
               + (f"; {res['note']}" if "note" in res else ""), flush=True)
+    print("\ntask        metric         model  baseline  steps  batch  lr      max_len  train s")
+    for task, r in results.items():
+        st = r["settings"]
+        print(f"{task:<11} {r['metric']:<13} {r['model']:6.3f}  {r['baseline']:8.3f}  {st['steps']:5d}  "
+              f"{st['batch']:5d}  {st['lr']:<7g} {st['max_length']:7d}  {r['seconds']:7.1f}"
+              + ("" if r["ok"] else "  NOT LEARNED"))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     if not all(r["ok"] for r in results.values()):
         raise SystemExit(1)
 

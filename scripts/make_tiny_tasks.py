@@ -1,39 +1,48 @@
 """Generate four tiny synthetic task datasets and the one tiny BERT they all share.
 
-One dataset per task head the launcher can train besides sequence classification, each small
-enough to train on a CPU in under a minute, yet built so that a 2-layer, 64-wide BERT trained
-from random init clearly beats the trivial baseline (scripts/check_tiny_tasks.py measures it):
+One dataset per task head beyond single-text classification, each small enough to train on a
+CPU in well under a minute, and built so that a 2-layer, 64-wide BERT trained from random init
+clearly beats the trivial baseline (scripts/check_tiny_tasks.py trains and measures it):
 
-* ``data/tiny_nli``        pair classification. The premise describes one scene,
-  ``the red cat sits on the blue mat .``; the hypothesis states one fact, ``the cat is red .``.
-  Entailment: the fact is in the premise. Contradiction: same subject, another colour or
-  action (now and then the colour of the *other* thing in the scene, so word overlap alone is
-  not quite enough). Neutral: a subject the premise does not mention. Every hypothesis shape
-  occurs in every class and premises are drawn independently of the label, so neither text
-  alone predicts it: the model has to compare the two. Classes are balanced, 3 % label noise.
+* ``data/tiny_nli``        pair classification (entailment / neutral / contradiction).
+  Premise ``the big fox lies on the sofa .``, hypothesis ``the fox is <w> .``. Attributes come
+  in kinds (colour, size, age, mood); two values of one kind exclude each other. Entailment:
+  ``w`` is the premise's attribute; contradiction: another value of the same kind (``small``);
+  neutral: a value of another kind (``happy``), about which the premise says nothing. Kind and
+  value are drawn so that each text alone carries no information about the label (a model
+  trained on one text scores chance, 0.33): only the pair does. Balanced, 3 % label noise.
 * ``data/tiny_multilabel`` multi-label classification over five tags. The text mixes two to
   four topic words of each of its 0-3 tags with filler; about 5 % of rows have no tag.
-* ``data/tiny_ner``        CoNLL-2003 style BIO tagging (PER, LOC, ORG, MISC). Sentences come
-  from templates whose context words give the type away (``police in <LOC>``, ``shares of
-  <ORG>``); names come from lists, with multi-word entities (B- then I-). About a fifth of
-  the name words are invented ones kept OUT of the vocabulary, so WordPiece splits them into
-  character pieces and the first-sub-word label alignment is exercised.
-* ``data/tiny_qa``         SQuAD v2 extractive QA. A context is 8-14 facts
-  ``the owner of the boat is marta .``; the question repeats a key, ``who is the owner of the
-  boat ?``, and the answer is the name right after it. Keys (role, thing) are unique within a
-  context and facts share roles and things with each other, so the model must match both
-  words. A third of the questions ask for a key that is absent although its role and its thing
-  both occur in other facts: those are unanswerable (empty answer lists). With the question a
-  context is 75-125 word pieces, so a max_length of 64 splits it into several features.
+* ``data/tiny_ner``        CoNLL-2003 style BIO tagging (PER, LOC, ORG, MISC), 5-20 words.
+  Template sentences whose context words give the type away (``police in <LOC>``, ``shares of
+  <ORG>``), names from lists, multi-word entities (B- then I-). About a fifth of the name words
+  are invented ones kept OUT of the vocabulary, so WordPiece splits them into characters and
+  the first-sub-word label alignment is exercised.
+* ``data/tiny_qa``         SQuAD v2 extractive QA over a duty roster. A context is 8-10 facts of
+  eight word pieces each, in hour order, ``at three the boat owner is marta .``; the question
+  repeats the key phrase, ``who is the boat owner at three ?``, and the answer is the name right
+  after it. Hours are unique within a context; places and roles repeat across hours. A third
+  of the questions are unanswerable (empty answer lists): the roster has a break at that hour
+  (``at four there is a short break .``) or ends before it, while facts about the same place
+  and role are present at other hours. With the question a context is 75-91 word pieces: a
+  max_length of 64 splits it into several features, 96 or 128 keeps it whole.
+
+Why these shapes: from random init, with a few hundred steps, such a small BERT learns what
+single tokens say and attention to *fixed* positions easily, but hardly learns to match a
+word against a word at a varying position (lexical overlap, "find the fact whose key equals the
+question's"): that needs two attention patterns at once and stays on a plateau well past a
+thousand steps. So NLI puts the compared words at fixed token positions, and QA keeps every
+fact the same length in hour order, so the hour in the question fixes where the answer is.
+Training with max_length below 91 shifts the facts between features and loses that.
 
 ``models/tiny-bert-tasks/`` has the architecture of models/tiny-bert (2 layers, hidden 64, 2
-heads) and a WordPiece vocabulary holding every word of the four datasets as a whole token,
-except the invented NER names on purpose, plus the special tokens, punctuation, and every
-letter and digit alone and as a ``##`` continuation. No hub download is needed. Deterministic:
-running it again writes byte-identical files. Eval sets have 1001 rows (601 for QA), a count
-that divides by neither 2, 3, 4 nor 8.
+heads, intermediate 128; max_position_embeddings 128) and a WordPiece vocabulary holding every
+word of the four datasets as a whole token, except the invented NER names on purpose, plus the
+special tokens, punctuation, and every letter and digit alone and as a ``##`` continuation. No
+hub download is needed. Deterministic: running it again writes byte-identical files. Eval sets
+have 1001 rows (601 for QA), counts that divide by neither 2, 3, 4 nor 8.
 
-    python scripts/make_tiny_tasks.py   # writes data/tiny_{nli,multilabel,ner,qa}/ and models/tiny-bert-tasks/
+    python scripts/make_tiny_tasks.py   # data/tiny_{nli,multilabel,ner,qa}/, models/tiny-bert-tasks/
 """
 
 from __future__ import annotations
