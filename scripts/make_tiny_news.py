@@ -73,6 +73,11 @@ def write_tokenizer_and_config(model_dir: Path) -> None:
     vocab += [w for w in words if w not in vocab]
     vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    write_tiny_bert(model_dir, vocab, "BertForSequenceClassification")
+
+
+def write_tiny_bert(model_dir: Path, vocab: list[str], architecture: str) -> None:
+    """A WordPiece vocabulary, its tokenizer config and a 2-layer, 64-wide BERT config."""
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (model_dir / "tokenizer_config.json").write_text(json.dumps({
@@ -80,7 +85,7 @@ def write_tokenizer_and_config(model_dir: Path) -> None:
         "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
         "mask_token": "[MASK]"}, indent=2) + "\n")
     (model_dir / "config.json").write_text(json.dumps({
-        "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+        "architectures": [architecture], "model_type": "bert",
         "vocab_size": len(vocab), "hidden_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 2, "intermediate_size": 128, "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,

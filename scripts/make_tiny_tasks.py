@@ -51,6 +51,8 @@ import json
 import random
 from pathlib import Path
 
+from make_tiny_news import write_tiny_bert  # same tiny BERT shape, own vocabulary
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261124
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -303,19 +305,7 @@ def write_tokenizer_and_config(model_dir: Path) -> list[str]:
     vocab += [f"##{c}" for c in CHARS]
     oov = set(OOV_LAST + OOV_LOC + OOV_ORG + OOV_MISC)
     assert not oov & set(vocab), "an invented NER name slipped into the vocabulary"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128,
-        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-        "mask_token": "[MASK]"}, indent=2) + "\n")
-    (model_dir / "config.json").write_text(json.dumps({
-        "architectures": ["BertModel"], "model_type": "bert",
-        "vocab_size": len(vocab), "hidden_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "intermediate_size": 128, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
-        "layer_norm_eps": 1e-12, "pad_token_id": 0}, indent=2) + "\n")
+    write_tiny_bert(model_dir, vocab, "BertModel")
     return vocab
 
 

@@ -118,6 +118,19 @@ class Task:
         raise NotImplementedError
 
 
+def scores_table(title: str, first: str, scores: dict[str, dict]) -> Any:
+    """Precision / recall / F1 / support per class, label or entity type; callers add totals."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in (first, "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == first else "right")
+    for name, m in scores.items():
+        table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
+                      f"{m['support']:,}")
+    return table
+
+
 def text_of(row: dict, column: Optional[str]) -> Optional[str]:
     if column is None:
         return None

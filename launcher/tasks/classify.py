@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays lig
 from rich.table import Table
 
 from launcher.metrics import classification_report
-from launcher.tasks.base import Task, row_error, text_of
+from launcher.tasks.base import Task, row_error, scores_table, text_of
 
 
 class SequenceClassification(Task):
@@ -115,12 +115,7 @@ class SequenceClassification(Task):
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
     def table(self, metrics: dict[str, Any]) -> Table:
-        table = Table(title="Per class (eval)", title_justify="left")
-        for col in ("label", "precision", "recall", "F1", "support"):
-            table.add_column(col, justify="left" if col == "label" else "right")
-        for name, m in metrics["per_class"].items():
-            table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
-                          f"{m['support']:,}")
+        table = scores_table("Per class (eval)", "label", metrics["per_class"])
         table.add_row("macro", f"{metrics['macro_precision']:.4f}", f"{metrics['macro_recall']:.4f}",
                       f"{metrics['macro_f1']:.4f}", f"{metrics['examples']:,}", style="bold")
         table.add_row("weighted", f"{metrics['weighted_precision']:.4f}",

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # torch loads only where tensors are made: planning stays lig
 from rich.table import Table
 
 from launcher.metrics import multilabel_report
-from launcher.tasks.base import row_error
+from launcher.tasks.base import row_error, scores_table
 from launcher.tasks.classify import SequenceClassification
 
 
@@ -101,12 +101,7 @@ class MultiLabelClassification(SequenceClassification):
         return {"micro_f1": metrics["micro_f1"], "macro_f1": metrics["macro_f1"]}
 
     def table(self, metrics: dict[str, Any]) -> Table:
-        table = Table(title=f"Per label (eval, threshold {self.cfg.threshold})", title_justify="left")
-        for col in ("label", "precision", "recall", "F1", "support"):
-            table.add_column(col, justify="left" if col == "label" else "right")
-        for name, m in metrics["per_label"].items():
-            table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
-                          f"{m['support']:,}")
+        table = scores_table(f"Per label (eval, threshold {self.cfg.threshold})", "label", metrics["per_label"])
         table.add_row("micro", f"{metrics['micro_precision']:.4f}",
                       f"{metrics['micro_recall']:.4f}", f"{metrics['micro_f1']:.4f}", "",
                       style="bold")

@@ -18,7 +18,7 @@ from rich.table import Table
 from launcher.errors import RecipeError
 from launcher.metrics import ner_report
 from launcher.metrics.ner import entities
-from launcher.tasks.base import Task, row_error
+from launcher.tasks.base import Task, row_error, scores_table
 
 IGNORE = -100
 
@@ -152,12 +152,7 @@ class TokenClassification(Task):
         return {"f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"]}
 
     def table(self, metrics: dict[str, Any]) -> Table:
-        table = Table(title="Per entity type (eval, seqeval)", title_justify="left")
-        for col in ("entity", "precision", "recall", "F1", "support"):
-            table.add_column(col, justify="left" if col == "entity" else "right")
-        for name, m in metrics["per_entity"].items():
-            table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
-                          f"{m['support']:,}")
+        table = scores_table("Per entity type (eval, seqeval)", "entity", metrics["per_entity"])
         table.add_row("all", f"{metrics['precision']:.4f}", f"{metrics['recall']:.4f}",
                       f"{metrics['f1']:.4f}", "", style="bold")
         return table
