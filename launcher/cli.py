@@ -1,4 +1,5 @@
 """`python -m launcher {run,render} RECIPE [section.field=value ...]`: parse, build, run;
+`python -m launcher resume RUN_DIR`: go on from the run's last checkpoint;
 `python -m launcher {eval,predict} RUN_DIR ...`: use what a run trained."""
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--explain", action="store_true",
                        help="print every resolved value and where it came from")
     sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
+    rs = sub.add_parser("resume", help="continue a run from its last complete checkpoint "
+                                       "(after a preemption, a time limit or a crash)")
+    rs.add_argument("run_dir", help="the run directory `launcher run` printed")
+    rs.add_argument("--nodes", type=int, help="machines (default: as before)")
+    rs.add_argument("--nproc-per-node", "--gpus-per-node", dest="procs_per_node", type=int,
+                    help="processes per machine (default: as before); the global batch is "
+                         "kept by changing the accumulation")
+    rs.add_argument("--dry-run", action="store_true",
+                    help="write RUN_DIR/plan/ and stop before launching")
     ev = sub.add_parser("eval", help="evaluate a run's final model or a checkpoint on its eval "
                                      "data or any file")
     pr = sub.add_parser("predict", help="print a run's predictions for texts or a file")
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    if unknown or (extra and args.command in ("eval", "predict")):
+    if unknown or (extra and args.command in ("eval", "predict", "resume")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command in ("run", "render"):
         args.overrides = [*args.overrides, *extra]
@@ -97,6 +107,10 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     from launcher.plan.explain import explain
     from launcher.recipe.load import load
 
+    if args.command == "resume":
+        from launcher.resume import resume_plan
+        return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node), args,
+                       console, must_resume=True)
     loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
     if args.command == "render":
         plan = plan_mod.build(loaded)
@@ -108,13 +122,23 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             console.print(f"wrote {path}")
         return 0
 
+    return _launch(plan_mod.build(loaded), args, console)
+
+
+def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool = False) -> int:
     from launcher.executors.local import LocalExecutor
+    from launcher.plan.explain import explain
 
     executor = LocalExecutor()
-    plan = plan_mod.build(loaded)
     _data_notes(plan, console)
-    executor.check(plan)
-    if args.explain:
+    step = executor.check(plan)
+    if step is None and must_resume:
+        raise RecipeError("RUN_DIR", f"{plan.run_dir} has no checkpoint to resume from",
+                          "start it again with `launcher run` and the same run.output_dir")
+    if step is not None:
+        console.print(f"resuming {plan.run_dir} from step {step} of {plan.total_steps}",
+                      highlight=False)
+    if getattr(args, "explain", False):
         explain(plan, console)
     plan_dir = executor.prepare(plan)
     if args.dry_run:

@@ -10,7 +10,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -93,3 +93,18 @@ def open_stream(src: Source, *, streaming: bool):
     else:
         ds = datasets.load_dataset(src.builder, src.config, split=src.split, streaming=streaming)
     return ds if streaming else ds.to_iterable_dataset()
+
+
+def iter_rows(ds: Any, start: int = 0, batch_size: int = 1024) -> Iterator[dict]:
+    """The rows of an HF `IterableDataset` from row `start` on, in order.
+
+    `IterableDataset.__iter__` splits its shards between DataLoader workers when it finds itself
+    inside one; our streams do their own splitting, so they read through `iter()`, which does
+    not. `skip` stays on HF's arrow path: no row before `start` is turned into Python.
+    """
+    if start:
+        ds = ds.skip(start)
+    for batch in ds.iter(batch_size=batch_size):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))

@@ -15,7 +15,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from launcher import sources, tasks
+from launcher import checkpoints, sources, tasks
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.plan.scan import scan
@@ -40,9 +40,8 @@ def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
     found = {"latest": rd.latest(), "best": rd.best()}.get(checkpoint)
     if found is None and checkpoint not in ("latest", "best"):
         found = rd.checkpoints / checkpoint
-    have = sorted(p.name for p in rd.checkpoints.glob("step-*") if not p.name.endswith(".tmp")) \
-        if rd.checkpoints.is_dir() else []
-    if found is None or not (found / "model.safetensors").is_file():
+    have = [p.name for p in checkpoints.complete(rd)]
+    if found is None or not (found / checkpoints.MANIFEST).is_file():
         raise RecipeError("--checkpoint", f"{checkpoint} is not a complete checkpoint of "
                           f"{rd.root}", f"use final, best, latest or one of {have or '(none)'}")
     return found.name

@@ -1,55 +1,209 @@
-"""Checkpoints: written to step-N.tmp by every rank, published by one rename, named by LATEST
-(and by BEST when an evaluation improved the recipe's eval metric).
+"""Checkpoints: everything a run needs to go on, written by every rank, published at once.
 
-A reader trusts only what LATEST names, and LATEST is replaced atomically (write, fsync,
-rename), so a job killed mid-save leaves the previous checkpoint in charge.
+Layout of `checkpoints/step-N/`:
+  dcp/                 model and optimizer tensors, torch.distributed.checkpoint (sharded as
+                       the strategy shards them; DCP reshards on load, so the world size can
+                       change between save and resume)
+  optim_groups.json    the optimizer's non-tensor entries (learning rates, betas, ...)
+  rng/rank{R}.safetensors   each rank's torch (CPU and CUDA), numpy and Python RNG states
+  deepspeed/           ZeRO strategies: the engine's own checkpoint instead of dcp/
+  trainer_state.json   step, data position, scheduler, grad scaler, best eval, recipe print
+  manifest.json        size and sha256 of every file above, written last
+
+Ranks write into `step-N.tmp/`; after a barrier they hash the files between them, rank 0
+writes the manifest, renames the directory and then replaces LATEST atomically. Nothing is
+loaded with pickle: tensors come from DCP (`torch.load(weights_only=True)` per tensor, and its
+metadata through an unpickler that knows only DCP's own classes), the rest from JSON and
+safetensors.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
+import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_state_dict)
+
+from launcher import checkpoints
+from launcher.engine import faults
 from launcher.run_dir import RunDir
 
+log = logging.getLogger("launcher.engine")
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+# DCP's metadata file is a pickle; these are the only globals it holds.
+_DCP_META = "torch.distributed.checkpoint.metadata"
+_ALLOWED = {(_DCP_META, n) for n in (
+    "Metadata", "TensorStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
+    "ChunkStorageMetadata", "MetadataIndex", "StorageMeta", "BytesStorageMetadata")} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+    ("pathlib._local", "PosixPath"), ("collections", "OrderedDict")}
 
 
-def save(accelerator: Any, rd: RunDir, step: int, trainer_state: dict, keep_last: int,
-         best: bool = False) -> Path:
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in _ALLOWED or dtype:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a DCP "
+                                     "checkpoint never holds; refusing to load it")
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as fh:
+            metadata = _MetadataUnpickler(fh).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _uses_deepspeed(model: Any) -> bool:
+    return hasattr(model, "save_checkpoint") and hasattr(model, "load_checkpoint")
+
+
+def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return tensors, {k: v for k, v in state.items() if k not in tensors}
+
+
+def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
+         optimizer: Any, keep_last: int, best: bool = False) -> Path:
+    """Write, verify-hash and publish step-N on every rank together (a collective)."""
     final = rd.checkpoint(step)
     tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
+    rank, world = acc.process_index, acc.num_processes
+    if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was cut off
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        write_atomic(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+        (tmp / "rng").mkdir(parents=True)
+    acc.wait_for_everyone()
+    if _uses_deepspeed(model):
+        model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+        tensors, groups = _split(optim_sd)
+        dcp.save({"model": model_sd, "optim": tensors},
+                 storage_writer=dcp.FileSystemWriter(str(tmp / "dcp")))
+        if acc.is_main_process:
+            checkpoints.write_atomic(tmp / "optim_groups.json", json.dumps(groups) + "\n")
+    _save_rng(tmp / "rng" / f"rank{rank}.safetensors")
+    if acc.is_main_process:
+        checkpoints.write_atomic(tmp / checkpoints.STATE, json.dumps(state, indent=2) + "\n")
+    faults.at("save", step=step, rank=rank)
+    acc.wait_for_everyone()
+    # Every rank hashes a share of the files; rank 0 writes the manifest from all shares.
+    files = checkpoints.files_of(tmp)
+    mine = checkpoints.describe(files[rank::world], tmp)
+    shares: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(shares, mine)
+    else:
+        shares = [mine]
+    if acc.is_main_process:
+        entries = {k: v for share in shares for k, v in share.items()}
+        checkpoints.write_manifest(tmp, step, entries)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        write_atomic(rd.checkpoints / "LATEST", final.name + "\n")
+        checkpoints.fsync_dir(final.parent)
+        checkpoints.write_atomic(rd.checkpoints / "LATEST", final.name + "\n")
         if best:
-            write_atomic(rd.checkpoints / "BEST", final.name + "\n")
+            checkpoints.write_atomic(rd.checkpoints / "BEST", final.name + "\n")
         _prune(rd, keep_last, keep={final, rd.best()})
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     return final
 
 
 def _prune(rd: RunDir, keep_last: int, keep: set) -> None:
-    done = sorted(p for p in rd.checkpoints.glob("step-*") if not p.name.endswith(".tmp"))
+    done = checkpoints.complete(rd)
     for old in done[:-keep_last]:
         if old not in keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def load(acc: Any, path: Path, *, model: Any, optimizer: Any, saved_world: int) -> None:
+    """Model, optimizer and this rank's RNG states from `path` (a collective)."""
+    if _uses_deepspeed(model):
+        if saved_world != acc.num_processes:
+            raise RuntimeError(f"{path} was saved by {saved_world} ZeRO ranks and this job has "
+                               f"{acc.num_processes}; resume ZeRO runs on the same world size")
+        model.load_checkpoint(str(path / "deepspeed"), tag="state")
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+        tensors, _ = _split(optim_sd)
+        target = {"model": model_sd, "optim": tensors}
+        dcp.load(target, storage_reader=_SafeReader(str(path / "dcp")))
+        groups = json.loads((path / "optim_groups.json").read_text())
+        set_state_dict(model, optimizer, model_state_dict=target["model"],
+                       optim_state_dict={**target["optim"], **groups}, options=_OPTIONS)
+    rng = path / "rng" / f"rank{acc.process_index}.safetensors"
+    if saved_world == acc.num_processes and rng.is_file():
+        _load_rng(rng)
+    else:
+        # Another world size: rank r's dropout stream cannot be the one it had; a fresh one
+        # per rank and step keeps runs reproducible.
+        log.info("world size changed (%d -> %d): fresh RNG streams", saved_world,
+                 acc.num_processes)
+
+
+def model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model's full weights from a checkpoint, in one process (for eval and predict)."""
+    if (path / "deepspeed").is_dir():
+        raise ValueError(f"{path} is a DeepSpeed ZeRO checkpoint; evaluate the run's final/ "
+                         "export, or a checkpoint of a ddp or fsdp run")
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = _SafeReader(str(path / "dcp"))
+    meta = reader.read_metadata()
+    target = {}
+    for key, item in meta.state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(item, TensorStorageMetadata):
+            target[key[len("model."):]] = torch.empty(item.size, dtype=item.properties.dtype)
+    dcp.load({"model": target}, storage_reader=_SafeReader(str(path / "dcp")), no_dist=True)
+    return target
+
+
+def _save_rng(path: Path) -> None:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    tensors = {"torch": torch.get_rng_state(),
+               "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+               "python": torch.tensor(py_state, dtype=torch.int64)}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    meta = {"numpy": json.dumps([kind, pos, has_gauss, gauss]),
+            "python": json.dumps([version, py_gauss])}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _load_rng(path: Path) -> None:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    torch.set_rng_state(tensors["torch"])
+    kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(tensors["python"].tolist()), py_gauss))
+    cuda = [tensors[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in tensors]
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,8 +1,15 @@
-"""Streams of tokenized batches: training split per rank, evaluation split per batch.
+"""Streams of tokenized batches: training split per example, evaluation split per batch.
 
-Training rows are read as an HF `IterableDataset`, split per rank with `split_dataset_by_node`
-(whole shards per rank when the file count allows, else every world-size-th row), and encoded
-per micro batch by the task, in the DataLoader's workers.
+Training is one global stream per epoch, the same for every world size: the non-empty rows
+in file order, cut into global micro batches of world x micro_batch examples, of which rank r
+takes every world-th example starting at r. So optimizer step s always trains on examples
+[s x global_batch, (s+1) x global_batch) of the epoch, whatever the world size, and the
+stream's position after a step is one number every rank knows without talking to the
+others: the row just past that step's last example. A resumed run (on any world size) skips
+to it on HF's arrow path without encoding a row, and reads the very next example.
+
+Every rank reads every row but encodes only its own, in the DataLoader's workers (worker w
+encodes global micro batches w, w + workers, ...; the DataLoader hands them back in order).
 
 Evaluation is exact at any world size: every rank reads the whole eval stream, cuts it into
 batches of eval_micro_batch examples in file order and keeps batch b when b % world == rank.
@@ -13,10 +20,10 @@ which lets sharded models (ZeRO-3, FSDP) run the same number of forwards on ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
-from datasets.distributed import split_dataset_by_node
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from launcher import sources
@@ -29,23 +36,15 @@ class DataError(ValueError):
 
 
 @dataclass
-class TrainCollate:
-    """Raw rows -> model inputs; a picklable object so DataLoader workers can run it."""
+class Position:
+    """Where the training stream stands at a step boundary; saved in every checkpoint."""
 
-    task: Task
-    tokenizer: Any
+    epoch: int = 0
+    row: int = 0       # rows of this epoch's file read, empty ones included
+    examples: int = 0  # non-empty examples trained on this epoch, over all ranks
 
-    def __call__(self, rows: list[dict]) -> dict[str, Any]:
-        # Row positions are not known after the per-rank split; errors name the row's id.
-        return self.task.encode(rows, self.tokenizer, indices=[-1] * len(rows))
-
-
-@dataclass
-class NonEmpty:
-    task: Task
-
-    def __call__(self, row: dict) -> bool:
-        return not self.task.is_empty(row)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def open_source(name: str, split: str, plan: Plan):
@@ -54,30 +53,75 @@ def open_source(name: str, split: str, plan: Plan):
     return sources.open_stream(src, streaming=d.streaming)
 
 
-def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int,
-                  world: int) -> Iterator[tuple[int, dict]]:
-    """(epoch, micro batch) forever; an epoch of known length ends after exactly
-    steps_per_epoch x grad_accum micro batches on every rank, so ranks never wait on each other."""
+def _loader_generator() -> torch.Generator:
+    # A DataLoader draws its workers' base seed from the global RNG when none is given; a
+    # private generator keeps the dropout stream the same whether or not a run was resumed.
+    return torch.Generator().manual_seed(0)
+
+
+class TrainEpoch(IterableDataset):
+    """This rank's micro batches of one epoch, from a row on; each batch carries `row_end`,
+    the row just past the last example of its global micro batch."""
+
+    def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int, world: int,
+                 start_row: int, max_batches: Optional[int]):
+        self.rows, self.task, self.tokenizer = rows, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.start_row, self.max_batches = start_row, max_batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        chunk: list[tuple[int, dict]] = []
+        made = 0
+        for index, row in enumerate(sources.iter_rows(self.rows, self.start_row),
+                                    start=self.start_row):
+            if self.task.is_empty(row):
+                continue
+            chunk.append((index, row))
+            if len(chunk) < width:
+                continue
+            if made % workers == worker:
+                mine = chunk[self.rank::self.world]
+                batch = self.task.encode([r for _, r in mine], self.tokenizer,
+                                         indices=[i for i, _ in mine])
+                batch["row_end"] = index + 1
+                yield batch
+            made, chunk = made + 1, []
+            if made == self.max_batches:
+                return
+        # A last global micro batch short of `width` is dropped on every rank alike.
+
+
+def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                  start: Optional[Position] = None) -> Iterator[tuple[Position, dict]]:
+    """(position after this micro batch, micro batch) forever. An epoch of known length ends
+    after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
     d = plan.recipe.data
-    ds = open_source(d.train, d.train_split, plan).filter(NonEmpty(task))
-    ds = split_dataset_by_node(ds, rank=rank, world_size=world)
-    per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.grad_accum
-    collate = TrainCollate(task, tokenizer)
-    epoch = 0
+    pos = Position(**(start.to_dict() if start else {}))
+    width = world * plan.micro_batch
+    if pos.examples % width:
+        raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
+                        f"{pos.epoch}, not a multiple of world size x micro batch ({width})")
+    per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
+    rows = open_source(d.train, d.train_split, plan)
     while True:
-        ds.set_epoch(epoch)
+        left = None if per_epoch is None else (per_epoch - pos.examples) // width
+        if left == 0:
+            pos = Position(epoch=pos.epoch + 1)
+            continue
+        epoch = TrainEpoch(rows, task, tokenizer, plan.micro_batch, rank, world,
+                           start_row=pos.row, max_batches=left)
         taken = 0
-        for batch in DataLoader(ds, batch_size=plan.micro_batch, collate_fn=collate,
-                                num_workers=d.num_workers):
-            if len(batch["ids"]) < plan.micro_batch:
-                break  # a short tail batch would change the loss scale; drop it
-            yield epoch, batch
+        for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
+                                generator=_loader_generator()):
             taken += 1
-            if per_epoch is not None and taken == per_epoch:
-                break
-        if taken == 0:
+            pos = Position(pos.epoch, batch.pop("row_end"), pos.examples + width)
+            yield pos, batch
+        if taken == 0 and pos.row == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
-        epoch += 1
+        pos = Position(epoch=pos.epoch + 1)
 
 
 class EvalShard(IterableDataset):
@@ -99,7 +143,7 @@ class EvalShard(IterableDataset):
         batch: list[tuple[int, dict]] = []
         first: list[tuple[int, dict]] = []
         count, skipped = 0, 0
-        for index, row in enumerate(self.rows):
+        for index, row in enumerate(sources.iter_rows(self.rows)):
             if self.limit is not None and index >= self.limit:
                 break
             if self.task.is_empty(row):
@@ -140,4 +184,5 @@ def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
         rows = open_source(d.eval if d.eval is not None else d.train, d.eval_split, plan)
     shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, rank, world,
                       limit=plan.recipe.eval.max_examples)
-    return DataLoader(shard, batch_size=None, num_workers=d.num_workers)
+    return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
+                      generator=_loader_generator())

@@ -17,11 +17,11 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 
 from launcher import tasks
 from launcher.engine.evaluate import evaluate, score
 from launcher.engine.model import build_model, build_tokenizer, load_trained
+from launcher.engine.checkpoint import model_weights
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
@@ -35,14 +35,14 @@ def load(run_dir: Path, checkpoint: Optional[str]) -> tuple[Plan, Any, Any, Any]
     rd = RunDir(run_dir)
     plan = Plan.from_json((rd.plan / "plan.json").read_text())
     task = tasks.for_recipe(plan.recipe)
-    weights = None if checkpoint is None else rd.checkpoints / checkpoint / "model.safetensors"
+    weights = None if checkpoint is None else model_weights(rd.checkpoints / checkpoint)
     if rd.final.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(rd.final)
         return plan, task, tokenizer, load_trained(rd.final, task, weights)
     # A run cut off before its export: the recipe's model, fresh, then the checkpoint's weights.
     cfg = dataclasses.replace(plan.recipe.model, pretrained=False)
     model = build_model(cfg, task)
-    model.load_state_dict(load_file(str(weights)), strict=False)
+    model.load_state_dict(weights, strict=False)
     return plan, task, build_tokenizer(cfg), model
 
 

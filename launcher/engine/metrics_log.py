@@ -8,11 +8,15 @@ from typing import Any
 
 
 class MetricsLog:
-    def __init__(self, jsonl: Path, tensorboard_dir: Path):
+    def __init__(self, jsonl: Path, tensorboard_dir: Path, after_step: int = 0):
+        """A resumed run appends after `after_step` (the trainer has already cut what the
+        interrupted run logged past its checkpoint from the JSONL file)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self._file = jsonl.open("a")
-        self._tb = SummaryWriter(str(tensorboard_dir))
+        # purge_step: TensorBoard hides the earlier event files' points from that step on.
+        self._tb = SummaryWriter(str(tensorboard_dir),
+                                 purge_step=after_step + 1 if after_step else None)
 
     def train(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")

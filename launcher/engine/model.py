@@ -71,9 +71,10 @@ def _freeze(model: Any, cfg: ModelConfig) -> None:
         base.pooler.requires_grad_(False)
 
 
-def load_trained(model_dir: Path, task: Task, weights: Optional[Path] = None) -> Any:
-    """A trained model from an export (`final/`) or, with `weights`, a config plus the
-    model weights of a checkpoint."""
+def load_trained(model_dir: Path, task: Task,
+                 weights: Optional[dict[str, torch.Tensor]] = None) -> Any:
+    """A trained model from an export (`final/`) or, with `weights` (a checkpoint's model
+    state), the export's config with those weights."""
     config = AutoConfig.from_pretrained(model_dir)
     auto = getattr(transformers, task.auto_model)
     if getattr(config, "launcher_head", None) is None and weights is None:
@@ -82,11 +83,11 @@ def load_trained(model_dir: Path, task: Task, weights: Optional[Path] = None) ->
     if getattr(config, "launcher_head", None) is not None:
         _add_head(model, config)
     from safetensors.torch import load_file
-    state = load_file(str(weights or model_dir / "model.safetensors"))
+    state = weights if weights is not None else load_file(str(model_dir / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only entries may be absent from a file; real weights may not.
     real_missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if real_missing or unexpected:
-        raise ValueError(f"weights in {weights or model_dir} do not fit the model: missing "
+        raise ValueError(f"the weights do not fit the model in {model_dir}: missing "
                          f"{real_missing[:5]}, unexpected {list(unexpected)[:5]}")
     return model

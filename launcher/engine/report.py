@@ -56,6 +56,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row("best checkpoint", f"step {b['step']:,} ({b['metric']} {b['value']:.4f})")
     table.add_row("final train loss", f"{summary['final_loss']:.4f}")
     table.add_row("steps", f"{summary['steps']:,} ({summary['world_size']} rank(s))")
+    if summary.get("resumed_from") is not None:
+        table.add_row("resumed", f"from step {summary['resumed_from']:,}")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
     table.add_row("samples/s", f"{summary['samples_per_s']:,.1f}")
     table.add_row("run directory", summary["run_dir"])

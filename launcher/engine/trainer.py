@@ -1,8 +1,9 @@
 """The training loop every recipe shares.
 
-Read top to bottom: build parts, then `train()` steps, logs on log steps, evaluates and
-checkpoints on their steps, and exports the model. No host sync inside a step: the loss stays
-on the device until a log step.
+Read top to bottom: build parts (and, when the run directory has a checkpoint, restore them
+from it), then `train()` steps, logs on log steps, evaluates and checkpoints on their steps,
+stops with a checkpoint when preempted, and exports the model. No host sync inside a step:
+the loss stays on the device until a log step.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 
 from rich.console import Console
 
-from launcher import sources, tasks
-from launcher.engine import checkpoint, data
+from launcher import checkpoints, sources, tasks
+from launcher.engine import checkpoint, data, faults
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer
 from launcher.engine.optim import build_optimizer, build_scheduler
+from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
@@ -35,6 +37,7 @@ from launcher.plan.scan import balanced_weights, scan
 from launcher.run_dir import RunDir
 
 log = logging.getLogger("launcher.engine")
+PREEMPTED = "preempted.json"  # in RUN_DIR: the job stopped on a signal and wants to go on
 _PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 # Sharded weights are gathered inside forward: every rank must run the same forwards.
 _SHARDED = ("zero3", "zero3_offload", "fsdp")
@@ -85,16 +88,73 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, plan.recipe.optim,
                                          warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.accelerator.register_for_checkpointing(self.scheduler)
-        self.metrics = MetricsLog(self.rd.metrics, self.rd.tensorboard) if self.is_main else None
-        self.trace = self._open_trace()
         self.step, self.epoch = 0, 0
+        self.position = data.Position()
         self.last_eval: Optional[dict] = None
         e = plan.recipe.eval
         self.best_metric = e.metric or self.task.main_metric
-        self.best: Optional[tuple[int, float]] = None  # (step, value), on rank 0
-        self.best_step: Optional[int] = None  # on every rank
+        self.best: Optional[tuple[int, float]] = None  # (step, value)
+        self.best_step: Optional[int] = None
         self.evals_since_best = 0
+        self.fingerprint = checkpoints.fingerprint(plan.recipe, self.task.labels)
+        self.resumed_from = self._resume()
+        if self.is_main:
+            (self.rd.root / PREEMPTED).unlink(missing_ok=True)
+        self.metrics = (MetricsLog(self.rd.metrics, self.rd.tensorboard, after_step=self.step)
+                        if self.is_main else None)
+        self.trace = self._open_trace()
+        self.preemption = Preemption(self.world)
+
+    def _resume(self) -> Optional[int]:
+        """Restore everything from the newest intact checkpoint; its step, or None."""
+        choice = checkpoints.choose(self.rd) if self.is_main else None
+        found = [choice.path.name if choice and choice.path else None,
+                 choice.warnings if choice else []]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(found, src=0)
+        name, warnings = found
+        for warning in warnings:
+            log.warning("%s", warning)
+            if self.is_main:
+                self.console.print(f"[yellow]warning:[/] {warning}; falling back to an older "
+                                   "checkpoint", highlight=False, soft_wrap=True)
+        if self.is_main:
+            _truncate_logs(self.rd, checkpoints.step_of(Path(name)) if name else 0)
+        self.accelerator.wait_for_everyone()
+        if name is None:
+            if warnings:
+                raise RuntimeError(f"no intact checkpoint left in {self.rd.checkpoints}; start "
+                                   "over in a new run.output_dir")
+            return None
+        path = self.rd.checkpoints / name
+        state = checkpoints.read_state(path)
+        differ = checkpoints.differences(state["fingerprint"], self.fingerprint)
+        if differ:
+            raise RuntimeError(f"{path} is from another recipe: " + "; ".join(differ))
+        if state["global_batch"] != self.plan.global_batch:
+            raise RuntimeError(f"{path} was trained with a global batch of "
+                               f"{state['global_batch']} and this plan has "
+                               f"{self.plan.global_batch}; set scale.global_batch="
+                               f"{state['global_batch']} to resume it")
+        checkpoint.load(self.accelerator, path, model=self.model,
+                        optimizer=self.optimizer.optimizer, saved_world=state["world_size"])
+        if state["world_size"] != self.world:
+            set_seed(self.plan.recipe.run.seed + 1000 * state["step"] + self.rank)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["position"]["epoch"]
+        self.position = data.Position(**state["position"])
+        if state.get("best"):
+            self.best = (state["best"]["step"], state["best"]["value"])
+            self.best_step = self.best[0]
+        self.evals_since_best = state.get("evals_since_best", 0)
+        log.info("resumed from %s (step %d, epoch %d, row %d)", path, self.step, self.epoch,
+                 self.position.row)
+        if self.is_main:
+            self.console.print(f"[bold]resumed[/] from {path.name}: step {self.step} of "
+                               f"{self.plan.total_steps}, epoch {self.epoch}", highlight=False)
+        return self.step
 
     def _class_weights(self) -> Optional[torch.Tensor]:
         weights = self.plan.class_weights
@@ -112,24 +172,29 @@ class Trainer:
         if not self.plan.recipe.run.trace_examples:
             return None
         self.rd.trace.mkdir(parents=True, exist_ok=True)
+        # "step<TAB>id" lines: a resume drops the lines of steps after its checkpoint.
         return (self.rd.trace / f"rank{self.rank}.txt").open("a")
 
     def train(self) -> dict:
         plan, acc = self.plan, self.accelerator
-        batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world)
+        batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
+                                     start=self.position)
         device = acc.device
         window = LogWindow(device)
-        start = time.perf_counter()
+        start, start_step = time.perf_counter(), self.step
         final_loss = float("nan")
-        progress = LiveProgress(self.console, plan.total_steps) if self.is_main else None
+        progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
+                    if self.is_main else None)
         every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
+        preempted = False
         self.model.train()
         with progress or contextlib.nullcontext():
             while self.step < plan.total_steps:
                 for _ in range(plan.grad_accum):
-                    self.epoch, batch = next(batches)
+                    self.position, batch = next(batches)
+                    self.epoch = self.position.epoch
                     if self.trace:
-                        self.trace.write("".join(f"{i}\n" for i in batch["ids"]))
+                        self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
                     inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
                     labels = inputs.pop("labels")
                     with acc.accumulate(self.model):
@@ -143,20 +208,27 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1
+                faults.at("step", step=self.step, rank=self.rank)
                 if progress:
                     progress.advance(self.step)
                 last = self.step == plan.total_steps
                 if self.step % plan.recipe.run.log_every == 0 or last:
                     final_loss = self._log(window, progress)
                     window.reset()
+                preempted = not last and self.preemption.agreed()
                 with window.paused():
                     improved = stop = False
                     if last or (every_eval and self.step % every_eval == 0):
                         self.last_eval = self.evaluate(progress)
                         improved, stop = self._track_best(self.last_eval)
                     keep_best = improved and plan.recipe.checkpoint.keep_best
-                    if last or stop or keep_best or (every_ckpt and self.step % every_ckpt == 0):
-                        self._save_checkpoint(best=keep_best)
+                    if (last or stop or keep_best or preempted
+                            or (every_ckpt and self.step % every_ckpt == 0)):
+                        self._save_checkpoint(best=keep_best,
+                                              reason="preempted" if preempted else "step")
+                if preempted:
+                    self._stop_preempted(progress)
+                    return {"preempted": True, "step": self.step}
                 if stop:
                     if progress:
                         progress.note(f"early stop at step {self.step}: {self.best_metric} has "
@@ -166,9 +238,22 @@ class Trainer:
         stopped_early = self.step < plan.total_steps
         if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
             # What early stopping is for: export the best weights, not the last.
-            acc.load_state(str(self.rd.checkpoint(self.best_step)))
+            checkpoint.load(acc, self.rd.checkpoint(self.best_step), model=self.model,
+                            optimizer=self.optimizer.optimizer, saved_world=self.world)
         self._export()
-        return self._summary(final_loss, train_time)
+        return self._summary(final_loss, train_time, self.step - start_step)
+
+    def _stop_preempted(self, progress) -> None:
+        """Every rank saved this step; say so where the executor (and a person) will look."""
+        signal_name = self.preemption.signal
+        if self.is_main:
+            checkpoints.write_atomic(self.rd.root / PREEMPTED, json.dumps(
+                {"step": self.step, "signal": signal_name,
+                 "checkpoint": self.rd.checkpoint(self.step).name}) + "\n")
+            if progress:
+                progress.note(f"preempted ({signal_name}) at step {self.step}: checkpoint "
+                              f"saved; it resumes from here")
+        log.info("preempted by %s at step %d; checkpoint saved", signal_name, self.step)
 
     def _track_best(self, metrics: Optional[dict]) -> tuple[bool, bool]:
         """(improved, stop early), decided on rank 0 and sent to every rank with the best step."""
@@ -224,15 +309,27 @@ class Trainer:
             progress.note(f"eval @ step {self.step}: {text} ({metrics['examples']} examples)")
         return metrics
 
-    def _save_checkpoint(self, best: bool = False) -> None:
-        state = {"step": self.step, "epoch": self.epoch, "world_size": self.world,
-                 "global_batch": self.plan.global_batch}
+    def _save_checkpoint(self, best: bool = False, reason: str = "step") -> None:
+        scaler = self.accelerator.scaler
+        state = {"step": self.step, "epoch": self.epoch, "position": self.position.to_dict(),
+                 "world_size": self.world, "global_batch": self.plan.global_batch,
+                 "reason": reason, "fingerprint": self.fingerprint,
+                 "scheduler": self.scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None,
+                 "evals_since_best": self.evals_since_best, "saved_at": time.time()}
         if self.best is not None:
             state["best"] = {"step": self.best[0], "metric": self.best_metric,
                              "value": self.best[1]}
-        path = checkpoint.save(self.accelerator, self.rd, self.step, state,
-                               self.plan.recipe.checkpoint.keep_last, best=best)
-        log.info("checkpoint %s%s", path, " (best)" if best else "")
+        began = time.perf_counter()
+        path = checkpoint.save(self.accelerator, self.rd, step=self.step, state=state,
+                               model=self.model, optimizer=self.optimizer.optimizer,
+                               keep_last=self.plan.recipe.checkpoint.keep_last, best=best)
+        seconds = time.perf_counter() - began
+        log.info("checkpoint %s%s in %.1f s", path, " (best)" if best else "", seconds)
+        grace = self.plan.recipe.checkpoint.grace_s
+        if seconds > grace / 2:
+            log.warning("saving took %.0f s, more than half of checkpoint.grace_s (%d s): a "
+                        "save after a preemption signal may be cut off", seconds, grace)
 
     def _export(self) -> None:
         state = self.accelerator.get_state_dict(self.model)
@@ -242,11 +339,12 @@ class Trainer:
             self.tokenizer.save_pretrained(self.rd.final)
         self.accelerator.wait_for_everyone()
 
-    def _summary(self, final_loss: float, train_time: float) -> dict:
+    def _summary(self, final_loss: float, train_time: float, steps_run: int) -> dict:
         summary = {
             "run_dir": str(self.rd.root), "steps": self.step, "world_size": self.world,
+            "resumed_from": self.resumed_from,
             "final_loss": final_loss, "wall_time_s": train_time,
-            "samples_per_s": self.step * self.plan.global_batch / train_time,
+            "samples_per_s": steps_run * self.plan.global_batch / max(train_time, 1e-9),
             "eval": ({"examples": self.last_eval["examples"], "loss": self.last_eval["loss"],
                       **self.task.headline(self.last_eval)} if self.last_eval else {}),
         }
@@ -261,7 +359,23 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        self.preemption.close()
         if self.metrics:
             self.metrics.close()
         if self.trace:
             self.trace.close()
+
+
+def _truncate_logs(rd: RunDir, step: int) -> None:
+    """Drop what was logged after `step`: those steps are trained again after a resume."""
+    def keep(path: Path, line_step) -> None:
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and line_step(line) <= step]
+        if len(kept) != len(lines):
+            checkpoints.write_atomic(path, "".join(kept))
+
+    keep(rd.metrics, lambda line: json.loads(line)["step"])
+    for trace in rd.trace.glob("rank*.txt") if rd.trace.is_dir() else []:
+        keep(trace, lambda line: int(line.split("\t", 1)[0]))

@@ -7,17 +7,21 @@ name the rank even if it died too hard to write its own error file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 
 from launcher import plan as plan_mod
+from launcher import resume
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
@@ -27,16 +31,13 @@ _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
 class LocalExecutor:
-    def check(self, plan: Plan) -> None:
+    def check(self, plan: Plan) -> Optional[int]:
+        """Refuse what cannot run here; the step the run will resume from, if any."""
         if plan.nodes != 1:
             raise RecipeError("scale.nodes", f"is {plan.nodes} but the local executor runs on one "
                               "machine", "use --nodes 1 here, or render the plan for a cluster "
                               "with `python -m launcher render`")
-        rd = RunDir(plan.run_dir)
-        if rd.latest() is not None or rd.final.exists():
-            raise RecipeError("run.output_dir", f"{plan.run_dir} already holds a run; resuming "
-                              "it is not supported yet", "choose a new run.output_dir (or leave "
-                              "it unset for a fresh timestamped one); nothing there was touched")
+        return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:
         rd = RunDir(plan.run_dir)
@@ -55,17 +56,32 @@ class LocalExecutor:
             env.setdefault("HF_DATASETS_OFFLINE", "1")
         console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
                       f"{plan.run_dir}", highlight=False)
+        (rd.root / "preempted.json").unlink(missing_ok=True)
         proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
                                 stderr=subprocess.PIPE, text=True, errors="replace")
         tail: deque[str] = deque(maxlen=200)
         relay = threading.Thread(target=_relay, args=(proc.stderr, tail), daemon=True)
         relay.start()
+        # A preemption signal sent to this process goes to torchrun, which passes it to every
+        # rank; the ranks save a checkpoint and stop together.
+        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+                    for sig in (signal.SIGTERM, signal.SIGUSR1)}
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
             rc = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         relay.join(timeout=5)
+        preempted = rd.root / "preempted.json"
+        if preempted.is_file():
+            info = json.loads(preempted.read_text())
+            console.print(f"[bold yellow]preempted[/] ({info['signal']}) at step {info['step']}; "
+                          f"checkpoint {info['checkpoint']} saved. Continue with: python -m "
+                          f"launcher resume {rd.root}", highlight=False, soft_wrap=True)
+            return resume.EXIT_PREEMPTED
         if rc != 0:
             _report_failure(rd, list(tail), rc, plan.world_size)
         return rc

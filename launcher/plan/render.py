@@ -114,6 +114,10 @@ def launch_script(plan: Plan, plan_dir: Path) -> str:
         f"#   accelerate launch --config_file {shlex.quote(str(plan_dir / 'accelerate.yaml'))} "
         f"-m launcher.engine {plan_json}",
         "set -euo pipefail",
+        "# Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the",
+        "# ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).",
+        'export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"',
+        f'export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${{TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-{plan.recipe.checkpoint.grace_s}}}"',
         '# torchrun, from the interpreter that has launcher installed',
         f'exec "${{PYTHON:-python3}}" -m torch.distributed.run {rendezvous} \\',
         f"  --nnodes {plan.nodes} --nproc-per-node {plan.procs_per_node} \\",

@@ -120,6 +120,9 @@ class CheckpointConfig:
     keep_last: int = option(2, "checkpoints kept; older ones are deleted")
     keep_best: bool = option(True, "also keep the checkpoint with the best eval.metric, saved "
                                    "when an evaluation improves it (RUN_DIR/checkpoints/BEST)")
+    grace_s: int = option(120, "seconds between the preemption signal and the kill: Slurm is "
+                               "asked to send SIGUSR1 this long before a time limit, and a "
+                               "save that takes more than half of it is warned about")
 
 
 @section

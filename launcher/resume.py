@@ -1,0 +1,78 @@
+"""Going on with a run: what `run` into an existing run directory and `resume RUN_DIR` check
+before anything is launched (no torch, no hashing: the engine verifies the checkpoint itself
+and falls back to an older one when a file is damaged)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from launcher import checkpoints, tasks
+from launcher.errors import RecipeError
+from launcher.plan.build import Plan, build
+from launcher.recipe.load import LoadedRecipe
+from launcher.run_dir import RunDir
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run it again
+
+
+def finished(rd: RunDir) -> bool:
+    return rd.summary.is_file() and rd.final.is_dir()
+
+
+def check(plan: Plan) -> Optional[int]:
+    """The step a launch of `plan` will continue from (None: a fresh run); a recipe that
+    does not fit the run directory's checkpoint is refused here, before launching."""
+    rd = RunDir(plan.run_dir)
+    if finished(rd):
+        raise RecipeError("run.output_dir", f"{rd.root} holds a finished run (summary.json "
+                          "and final/)", "choose a new run.output_dir, or use `launcher eval` "
+                          "on it; nothing there was touched")
+    latest = rd.latest()
+    if latest is None or not (latest / checkpoints.STATE).is_file():
+        return None
+    state = checkpoints.read_state(latest)
+    differ = checkpoints.differences(state.get("fingerprint", {}),
+                                     checkpoints.fingerprint(plan.recipe,
+                                                             tasks.for_recipe(plan.recipe).labels))
+    if differ:
+        raise RecipeError("run.output_dir", f"{rd.root} holds a checkpoint of another recipe "
+                          f"({'; '.join(differ)})", "use a new run.output_dir, or the recipe "
+                          "that run was started with; nothing there was touched")
+    if state["global_batch"] != plan.global_batch:
+        raise RecipeError("scale.global_batch", f"is {plan.global_batch} but {latest} was "
+                          f"trained with {state['global_batch']}; the data position of a "
+                          "resumed run is counted in global batches",
+                          f"set scale.global_batch={state['global_batch']}")
+    return state["step"]
+
+
+def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int]) -> Plan:
+    """The run's own plan, on a new world size if asked: the global batch is kept and the
+    accumulation derived again."""
+    rd = RunDir(Path(run_dir).expanduser().resolve())
+    plan_file = rd.plan / "plan.json"
+    if not plan_file.is_file():
+        raise RecipeError("RUN_DIR", f"{rd.root} holds no run (no plan/plan.json)",
+                          "give the run directory that `launcher run` printed")
+    old = Plan.from_json(plan_file.read_text())
+    scale = old.recipe.scale
+    nodes = nodes or scale.nodes
+    procs = procs_per_node or scale.procs_per_node
+    if (nodes, procs) == (scale.nodes, scale.procs_per_node):
+        new_scale = scale
+    else:
+        new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs,
+                                        global_batch=old.global_batch, grad_accum=None)
+        per_step = nodes * procs * scale.micro_batch
+        if old.global_batch % per_step:
+            fits = [w for w in range(1, old.global_batch // scale.micro_batch + 1)
+                    if (old.global_batch // scale.micro_batch) % w == 0]
+            raise RecipeError("--nproc-per-node", f"{nodes} x {procs} processes with micro batch "
+                              f"{scale.micro_batch} cannot make the run's global batch of "
+                              f"{old.global_batch}", f"resume on a world size among {fits}")
+    recipe = dataclasses.replace(old.recipe, scale=new_scale)
+    sources = dict(old.sources)
+    loaded = LoadedRecipe(recipe=recipe, path=Path(old.recipe_path), sources=sources)
+    return build(loaded, run_dir=str(rd.root))
