@@ -7,6 +7,7 @@ the same source as a stream.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,9 @@ def iter_rows(ds: Any, start: int = 0, batch_size: int = 1024) -> Iterator[dict]
     inside one; our streams do their own splitting, so they read through `iter()`, which does
     not. `skip` stays on HF's arrow path: no row before `start` is turned into Python.
     """
+    if not hasattr(ds, "iter"):  # rows already in memory (predict)
+        yield from itertools.islice(ds, start, None)
+        return
     if start:
         ds = ds.skip(start)
     for batch in ds.iter(batch_size=batch_size):

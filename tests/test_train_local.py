@@ -21,7 +21,9 @@ def two_rank_run(tmp_path_factory):
 
 def test_two_ranks_read_disjoint_examples(two_rank_run):
     rd, _ = two_rank_run
-    seen = [set((rd.trace / f"rank{r}.txt").read_text().split()) for r in (0, 1)]
+    # trace lines are "step<TAB>example id"
+    seen = [{line.split("\t")[1] for line in (rd.trace / f"rank{r}.txt").read_text().splitlines()}
+            for r in (0, 1)]
     assert seen[0] and seen[1]
     assert not seen[0] & seen[1], "the same example reached both ranks"
     # 4000 rows, global batch 64: 62 steps an epoch use 3968 rows, 1984 on each rank.

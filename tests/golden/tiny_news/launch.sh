@@ -4,6 +4,10 @@
 # The same job through accelerate:
 #   accelerate launch --config_file <PLAN>/accelerate.yaml -m launcher.engine <PLAN>/plan.json
 set -euo pipefail
+# Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the
+# ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).
+export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}"
 # torchrun, from the interpreter that has launcher installed
 exec "${PYTHON:-python3}" -m torch.distributed.run --standalone \
   --nnodes 1 --nproc-per-node 2 \
