@@ -20,6 +20,7 @@ which lets sharded models (ZeRO-3, FSDP) run the same number of forwards on ever
 
 from __future__ import annotations
 
+import signal
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
@@ -51,6 +52,14 @@ def open_source(name: str, split: str, plan: Plan):
     d = plan.recipe.data
     src = sources.resolve(name, config=d.dataset_config, split=split)
     return sources.open_stream(src, streaming=d.streaming)
+
+
+def _worker_init(_: int) -> None:
+    # torchrun stops a rank by signalling its whole process group, DataLoader workers
+    # included; a preemption signal is the rank's to handle (it finishes the step and saves,
+    # still reading from its workers), so the workers ignore it. They end with the rank.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _loader_generator() -> torch.Generator:
@@ -115,7 +124,7 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                            start_row=pos.row, max_batches=left)
         taken = 0
         for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
-                                generator=_loader_generator()):
+                                generator=_loader_generator(), worker_init_fn=_worker_init):
             taken += 1
             pos = Position(pos.epoch, batch.pop("row_end"), pos.examples + width)
             yield pos, batch
@@ -185,4 +194,4 @@ def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
     shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, rank, world,
                       limit=plan.recipe.eval.max_examples)
     return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
-                      generator=_loader_generator())
+                      generator=_loader_generator(), worker_init_fn=_worker_init)

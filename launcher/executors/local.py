@@ -56,7 +56,10 @@ class LocalExecutor:
             env.setdefault("HF_DATASETS_OFFLINE", "1")
         console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
                       f"{plan.run_dir}", highlight=False)
+        # What an earlier attempt left must not be read as this one's outcome.
         (rd.root / "preempted.json").unlink(missing_ok=True)
+        for stale in rd.logs.glob("rank*.error"):
+            stale.unlink()
         proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
                                 stderr=subprocess.PIPE, text=True, errors="replace")
         tail: deque[str] = deque(maxlen=200)
@@ -101,14 +104,19 @@ def _all_local(plan: Plan) -> bool:
 
 
 def failed_rank(rd: RunDir, torchrun_stderr: list[str]) -> int | None:
-    """The rank that failed first: from the ranks' own error files, else torchrun's summary."""
+    """The rank that failed first. A rank killed by a signal writes nothing, and the others
+    then fail on their collectives: torchrun's root cause names it. Otherwise the first of
+    the ranks' own error files, else torchrun's root cause."""
+    text = "".join(torchrun_stderr)
+    root = text.rfind("Root Cause")
+    rank = _ROOT_CAUSE_RANK.search(text, root) if root >= 0 else None
+    code = _EXIT_CODE.search(text, root) if root >= 0 else None
+    if rank and code and int(code.group(1)) < 0:
+        return int(rank.group(1))
     errors = sorted(rd.logs.glob("rank*.error"), key=lambda p: p.stat().st_mtime)
     if errors:
         return int(errors[0].stem.removeprefix("rank"))
-    text = "".join(torchrun_stderr)
-    root = text.rfind("Root Cause")
-    match = _ROOT_CAUSE_RANK.search(text, root) if root >= 0 else None
-    return int(match.group(1)) if match else None
+    return int(rank.group(1)) if rank else None
 
 
 def _report_failure(rd: RunDir, stderr_tail: list[str], rc: int, world: int) -> None:
@@ -120,7 +128,8 @@ def _report_failure(rd: RunDir, stderr_tail: list[str], rc: int, world: int) -> 
         return
     log = rd.rank_log(rank)
     lines = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
-    code = _EXIT_CODE.search("".join(stderr_tail))
+    text = "".join(stderr_tail)
+    code = _EXIT_CODE.search(text, max(0, text.rfind("Root Cause")))
     how = f" (exit code {code.group(1)})" if code else ""
     console.print(f"[bold red]rank {rank} of {world} failed{how}[/]; the job was stopped. "
                   f"Last lines of {log}:", highlight=False)

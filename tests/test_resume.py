@@ -1,0 +1,215 @@
+"""The fault suite: preemption, a rank killed mid-save, damaged files, another world size.
+
+Every run here is the tiny recipe on 2 gloo ranks in fp32 with 2 DataLoader workers; a run
+that is stopped and resumed must end with the very weights, and log the very losses, of one
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY, cli_env, launcher
+from launcher import checkpoints
+from launcher.run_dir import RunDir
+
+# 70 steps: past the end of the first epoch (62 steps of 64 examples) into the second.
+ARGS = ["--nproc-per-node", "2", "run.max_steps=70", "run.epochs=None", "checkpoint.every=10",
+        "checkpoint.keep_last=2", "eval.every=25", "run.log_every=1", "data.num_workers=2"]
+
+
+def run(out: Path, *extra: str, fault: str | None = None, command: str = "run"):
+    env = cli_env()
+    if fault:
+        env["LAUNCHER_FAULT"] = fault
+    args = ([command, out, *extra] if command == "resume" else
+            ["run", TINY, *ARGS, f"run.output_dir={out}", *extra])
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def steps_logged(rd: RunDir) -> list[tuple]:
+    return [(r["step"], r["epoch"], r["loss"], r["lr"])
+            for r in map(json.loads, rd.metrics.read_text().splitlines())]
+
+
+def weights(rd: RunDir) -> dict:
+    return load_file(str(rd.final / "model.safetensors"))
+
+
+def assert_same_run(rd: RunDir, ref: RunDir) -> None:
+    assert steps_logged(rd) == steps_logged(ref)
+    a, b = weights(rd), weights(ref)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, f"weights differ from the uninterrupted run: {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> RunDir:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = run(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return RunDir(out)
+
+
+# A signal on one rank is agreed one step later, when every rank saves: these land the save
+# just before a periodic checkpoint (9), right after one (11), on the epoch's last step (62),
+# and somewhere else.
+STOPS = [8, 10, 61, random.Random().randint(2, 68)]
+
+
+@pytest.mark.parametrize("signal_step", STOPS, ids=[f"signal-at-{s}" for s in STOPS])
+def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference, signal_step):
+    out = tmp_path / "run"
+    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
+    assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
+    rd = RunDir(out)
+    saved = signal_step + 1
+    assert json.loads((out / "preempted.json").read_text())["step"] == saved
+    assert rd.latest() == rd.checkpoint(saved)
+    assert "launcher resume" in first.stdout
+    second = run(out, command="resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"from step {saved}" in second.stdout
+    assert json.loads(rd.summary.read_text())["resumed_from"] == saved
+    assert_same_run(rd, reference)
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path, reference):
+    """The signal a scheduler or a person sends: to `launcher run`, through torchrun, to all."""
+    out = tmp_path / "run"
+    rd = RunDir(out)
+    env = cli_env()
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", str(TINY), *ARGS,
+                             f"run.output_dir={out}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (rd.metrics.is_file() and rd.metrics.read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stdout[-2000:] + stderr[-3000:]
+    step = json.loads((out / "preempted.json").read_text())["step"]
+    assert 1 <= step < 70 and rd.latest() == rd.checkpoint(step)
+    second = run(out, command="resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_same_run(rd, reference)
+
+
+def test_rank_killed_while_saving_leaves_the_previous_checkpoint_in_charge(tmp_path, reference):
+    out = tmp_path / "run"
+    rd = RunDir(out)
+    first = run(out, fault="at=save,step=20,rank=1,do=kill")
+    assert first.returncode != 0
+    assert "rank 1 of 2 failed" in first.stderr
+    assert rd.latest() == rd.checkpoint(10)
+    assert (rd.checkpoints / "step-0000020.tmp").is_dir()  # what the killed save left
+    assert not rd.checkpoint(20).exists()
+    assert checkpoints.problem(rd.latest()) is None
+    second = run(out, command="resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "from step 10" in second.stdout
+    assert_same_run(rd, reference)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_byte], ids=["truncated", "byte-flipped"])
+def test_damaged_shard_is_caught_by_the_manifest_and_the_run_falls_back(tmp_path, reference,
+                                                                         damage):
+    out = tmp_path / "run"
+    rd = RunDir(out)
+    first = run(out, fault="at=step,step=23,rank=0,do=TERM")
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert rd.latest() == rd.checkpoint(24)
+    shard = rd.checkpoint(24) / "dcp" / "__1_0.distcp"
+    damage(shard)
+    second = run(out, command="resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    said = " ".join((second.stdout + second.stderr).split())
+    assert "step-0000024 is damaged" in said and "__1_0.distcp" in said
+    assert "from step-0000020" in said
+    assert_same_run(rd, reference)
+
+
+def _ledger(rd: RunDir) -> list[str]:
+    ids = []
+    for trace in sorted(rd.trace.glob("rank*.txt")):
+        ids += [line.split("\t")[1] for line in trace.read_text().splitlines()]
+    return ids
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world):
+    """2 ranks, preempted, then 1 or 3: the epoch's examples are each trained exactly once."""
+    out = tmp_path / "run"
+    rd = RunDir(out)
+    # global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 41 steps
+    extra = ["run.max_steps=None", "run.epochs=1", "scale.micro_batch=16",
+             "scale.global_batch=96", "run.trace_examples=true"]
+    first = run(out, *extra, fault="at=step,step=16,rank=1,do=USR1")
+    assert first.returncode == 75, first.stderr[-3000:]
+    second = run(out, "--nproc-per-node", str(world), command="resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    plan = json.loads((rd.plan / "plan.json").read_text())
+    assert (plan["world_size"], plan["grad_accum"], plan["global_batch"]) == (world, 6 // world, 96)
+    ids = _ledger(rd)
+    assert len(ids) == 41 * 96 and len(set(ids)) == len(ids)
+    summary = json.loads(rd.summary.read_text())
+    assert summary["steps"] == 41 and summary["world_size"] == world
+    assert [r[0] for r in steps_logged(rd)] == list(range(1, 42))
+
+
+def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path):
+    out = tmp_path / "run"
+    first = run(out, fault="at=step,step=3,rank=0,do=TERM")
+    assert first.returncode == 75
+    before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
+    proc = run(out, "--nproc-per-node", "3", command="resume")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--nproc-per-node" in proc.stderr and "among [1, 2]" in proc.stderr
+    assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
+
+
+def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path):
+    out = tmp_path / "run"
+    assert run(out, fault="at=step,step=3,rank=0,do=TERM").returncode == 75
+    before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
+    proc = launcher("run", TINY, f"run.output_dir={out}",
+                    "task.labels=['World','Sports','Business','Science']")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "task.labels was ['World', 'Sports', 'Business', 'Sci/Tech']" in proc.stderr
+    proc = launcher("run", TINY, f"run.output_dir={out}", "model.head_hidden=16")
+    assert proc.returncode == 2 and "model.head_hidden was None" in proc.stderr
+    proc = launcher("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
+    assert proc.returncode == 2 and "scale.global_batch=64" in proc.stderr
+    assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
+
+
+def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference):
+    out = tmp_path / "run"
+    assert run(out, fault="at=step,step=40,rank=0,do=TERM").returncode == 75
+    again = run(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "from step 41" in again.stdout
+    assert_same_run(RunDir(out), reference)
