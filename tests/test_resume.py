@@ -213,3 +213,27 @@ def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from step 41" in again.stdout
     assert_same_run(RunDir(out), reference)
+
+
+def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path):
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    from launcher.engine.checkpoint import _MetadataUnpickler, _SafeReader
+
+    ckpt = reference.latest()
+    assert checkpoints.problem(ckpt) is None
+    kinds = {p.suffix or p.name for p in ckpt.rglob("*") if p.is_file()}
+    assert kinds <= {".metadata", ".distcp", ".json", ".safetensors"}, kinds
+    # DCP would torch.load(weights_only=False) a bytes entry: there must be none.
+    meta = _SafeReader(str(ckpt / "dcp")).read_metadata()
+    assert not [k for k, v in meta.state_dict_metadata.items()
+                if isinstance(v, BytesStorageMetadata)]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    import io
+    import pickle
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        _MetadataUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
