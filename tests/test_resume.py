@@ -237,3 +237,18 @@ def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path)
     import pickle
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         _MetadataUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_log_window_cut_by_a_preemption_is_whole_after_resume(tmp_path, reference):
+    """Logging every 4 steps, stopped after step 14: the line for step 16 still averages
+    steps 13 to 16, as the uninterrupted run's per-step losses say it should."""
+    out = tmp_path / "run"
+    assert run(out, "run.log_every=4", fault="at=step,step=13,rank=1,do=TERM").returncode == 75
+    assert run(out, command="resume").returncode == 0
+    per_step = {s: loss for s, _, loss, _ in steps_logged(reference)}
+    logged = {s: loss for s, _, loss, _ in steps_logged(RunDir(out))}
+    assert sorted(logged) == [*range(4, 70, 4), 70]
+    for step, loss in logged.items():
+        first = step - 3 if step % 4 == 0 else step - step % 4 + 1
+        window = [per_step[s] for s in range(first, step + 1)]
+        assert loss == pytest.approx(sum(window) / len(window), rel=1e-9), step

@@ -26,7 +26,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch

@@ -96,6 +96,8 @@ class Trainer:
         self.best: Optional[tuple[int, float]] = None  # (step, value)
         self.best_step: Optional[int] = None
         self.evals_since_best = 0
+        self.window: Optional[LogWindow] = None
+        self.window_carried: Optional[dict] = None  # the log window a checkpoint was cut in
         self.fingerprint = checkpoints.fingerprint(plan.recipe, self.task.labels)
         self.resumed_from = self._resume()
         if self.is_main:
@@ -149,6 +151,7 @@ class Trainer:
             self.best = (state["best"]["step"], state["best"]["value"])
             self.best_step = self.best[0]
         self.evals_since_best = state.get("evals_since_best", 0)
+        self.window_carried = state.get("log_window")
         log.info("resumed from %s (step %d, epoch %d, row %d)", path, self.step, self.epoch,
                  self.position.row)
         if self.is_main:
@@ -180,7 +183,9 @@ class Trainer:
         batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
                                      start=self.position)
         device = acc.device
-        window = LogWindow(device)
+        window = self.window = LogWindow(device)
+        if self.is_main and self.window_carried:
+            window.restore(self.window_carried)
         start, start_step = time.perf_counter(), self.step
         final_loss = float("nan")
         progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
@@ -316,7 +321,8 @@ class Trainer:
                  "reason": reason, "fingerprint": self.fingerprint,
                  "scheduler": self.scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else None,
-                 "evals_since_best": self.evals_since_best, "saved_at": time.time()}
+                 "evals_since_best": self.evals_since_best, "saved_at": time.time(),
+                 "log_window": self.window.partial(self.accelerator) if self.window else None}
         if self.best is not None:
             state["best"] = {"step": self.best[0], "metric": self.best_metric,
                              "value": self.best[1]}

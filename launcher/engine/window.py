@@ -35,6 +35,19 @@ class LogWindow:
         yield
         self.start += time.perf_counter() - began
 
+    def partial(self, accelerator) -> dict[str, float]:
+        """The loss summed over all ranks so far in this window (a collective): a checkpoint
+        keeps it, so the first log line after a resume averages over the whole window."""
+        local = torch.stack([self.loss, torch.tensor(float(self.micro_batches),
+                                                     dtype=torch.float64, device=self.device)])
+        loss, micro = accelerator.reduce(local, reduction="sum").tolist()
+        return {"loss_sum": loss, "micro_batches": int(micro)}
+
+    def restore(self, partial: dict[str, float]) -> None:
+        """On one rank only (the sums are over all ranks)."""
+        self.loss += partial["loss_sum"]
+        self.micro_batches += partial["micro_batches"]
+
     def totals(self, accelerator) -> dict[str, float]:
         """Sums over all ranks, and rates over this window's wall time (a collective)."""
         seconds = time.perf_counter() - self.start
