@@ -252,3 +252,14 @@ def test_log_window_cut_by_a_preemption_is_whole_after_resume(tmp_path, referenc
         first = step - 3 if step % 4 == 0 else step - step % 4 + 1
         window = [per_step[s] for s in range(first, step + 1)]
         assert loss == pytest.approx(sum(window) / len(window), rel=1e-9), step
+
+
+def test_second_signal_during_the_save_changes_nothing(tmp_path, reference):
+    out = tmp_path / "run"
+    rd = RunDir(out)
+    first = run(out, fault="at=step,step=30,rank=1,do=TERM;at=save,step=31,rank=0,do=TERM;"
+                           "at=save,step=31,rank=1,do=USR1")
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert rd.latest() == rd.checkpoint(31) and checkpoints.problem(rd.latest()) is None
+    assert run(out, command="resume").returncode == 0
+    assert_same_run(rd, reference)
