@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes per machine (sets scale.procs_per_node)")
         p.add_argument("--explain", action="store_true",
                        help="print every resolved value and where it came from")
+        p.add_argument("--executor", choices=["local", "slurm"],
+                       help="where the job runs (sets run.executor)")
     sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
     rs = sub.add_parser("resume", help="continue a run from its last complete checkpoint "
                                        "(after a preemption, a time limit or a crash)")
@@ -47,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                          "kept by changing the accumulation")
     rs.add_argument("--dry-run", action="store_true",
                     help="write RUN_DIR/plan/ and stop before launching")
+    rs.add_argument("--executor", choices=["local", "slurm"],
+                    help="where the job runs (default: as before)")
+    st = sub.add_parser("status", help="state, step, loss, samples/s and ETA of a run")
+    lg = sub.add_parser("logs", help="print one rank's log")
+    ca = sub.add_parser("cancel", help="cancel a run's Slurm job")
+    for p in (st, lg, ca):
+        p.add_argument("run_dir", help="the run directory `launcher run` printed")
+    lg.add_argument("--rank", type=int, default=0, help="which rank (default 0)")
     ev = sub.add_parser("eval", help="evaluate a run's final model or a checkpoint on its eval "
                                      "data or any file")
     pr = sub.add_parser("predict", help="print a run's predictions for texts or a file")
@@ -70,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 def _scale_overrides(args: argparse.Namespace) -> list[str]:
     flags = []
     for flag, key, value in (("--nodes", "scale.nodes", args.nodes),
-                             ("--nproc-per-node", "scale.procs_per_node", args.procs_per_node)):
+                             ("--nproc-per-node", "scale.procs_per_node", args.procs_per_node),
+                             ("--executor", "run.executor", getattr(args, "executor", None))):
         if value is not None:
             flags.append(f"{key}={value}")
     return flags
@@ -81,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    if unknown or (extra and args.command in ("eval", "predict", "resume")):
+    if unknown or (extra and args.command not in ("run", "render")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command in ("run", "render"):
         args.overrides = [*args.overrides, *extra]
@@ -96,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command in ("status", "logs", "cancel"):
+        from launcher import jobs
+        if args.command == "status":
+            return jobs.status_command(args.run_dir, console)
+        if args.command == "logs":
+            return jobs.logs_command(args.run_dir, args.rank, console)
+        return jobs.cancel_command(args.run_dir, console)
     if args.command == "eval":
         from launcher.trained import eval_command
         return eval_command(args.run_dir, args.checkpoint, args.data, args.procs_per_node, console)
@@ -109,8 +127,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
     if args.command == "resume":
         from launcher.resume import resume_plan
-        return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node), args,
-                       console, must_resume=True)
+        return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node,
+                                   args.executor), args, console, must_resume=True)
     loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
     if args.command == "render":
         plan = plan_mod.build(loaded)
@@ -118,18 +136,27 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         if args.explain:
             explain(plan, console)
         # Absolute, so launch.sh and accelerate.yaml work from any directory.
-        for path in plan_mod.write(plan, Path(args.out).resolve()):
+        out = Path(args.out).resolve()
+        for path in plan_mod.write(plan, out):
             console.print(f"wrote {path}")
+        if plan.recipe.run.executor == "slurm":
+            from launcher.executors.slurm import sbatch_script
+            (out / "sbatch.sh").write_text(sbatch_script(plan))
+            console.print(f"wrote {out / 'sbatch.sh'}")
         return 0
 
     return _launch(plan_mod.build(loaded), args, console)
 
 
 def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool = False) -> int:
-    from launcher.executors.local import LocalExecutor
     from launcher.plan.explain import explain
 
-    executor = LocalExecutor()
+    if plan.recipe.run.executor == "slurm":
+        from launcher.executors.slurm import SlurmExecutor
+        executor = SlurmExecutor()
+    else:
+        from launcher.executors.local import LocalExecutor
+        executor = LocalExecutor()
     _data_notes(plan, console)
     step = executor.check(plan)
     if step is None and must_resume:

@@ -48,7 +48,8 @@ def check(plan: Plan) -> Optional[int]:
     return state["step"]
 
 
-def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int]) -> Plan:
+def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int],
+                executor: Optional[str] = None) -> Plan:
     """The run's own plan, on a new world size if asked: the global batch is kept and the
     accumulation derived again."""
     rd = RunDir(Path(run_dir).expanduser().resolve())
@@ -73,6 +74,8 @@ def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int
                               f"{scale.micro_batch} cannot make the run's global batch of "
                               f"{old.global_batch}", f"resume on a world size among {fits}")
     recipe = dataclasses.replace(old.recipe, scale=new_scale)
+    if executor is not None:
+        recipe = dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, executor=executor))
     sources = dict(old.sources)
     loaded = LoadedRecipe(recipe=recipe, path=Path(old.recipe_path), sources=sources)
     return build(loaded, run_dir=str(rd.root))

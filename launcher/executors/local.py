@@ -48,12 +48,8 @@ class LocalExecutor:
     def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
         rd = RunDir(plan.run_dir)
         env = dict(os.environ, PYTHON=sys.executable)
-        # Share the cores between the ranks (torchrun and accelerate each warn and guess).
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.procs_per_node)))
-        if _all_local(plan):
-            # Nothing to fetch: never wait on a hub that may be unreachable from this node.
-            env.setdefault("HF_HUB_OFFLINE", "1")
-            env.setdefault("HF_DATASETS_OFFLINE", "1")
+        for key, value in local_env(plan).items():
+            env.setdefault(key, value)
         console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
                       f"{plan.run_dir}", highlight=False)
         # What an earlier attempt left must not be read as this one's outcome.
@@ -95,6 +91,16 @@ def _relay(stream, tail: deque) -> None:
         tail.append(line)
         sys.stderr.write(line)
         sys.stderr.flush()
+
+
+def local_env(plan: Plan) -> dict[str, str]:
+    """Environment the ranks need whichever executor starts them."""
+    # Share the cores between the ranks (torchrun and accelerate each warn and guess).
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // plan.procs_per_node))}
+    if _all_local(plan):
+        # Nothing to fetch: never wait on a hub that may be unreachable from this node.
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return env
 
 
 def _all_local(plan: Plan) -> bool:

@@ -83,8 +83,10 @@ def normalise(recipe: Recipe) -> Recipe:
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Rebuild a recipe written to plan.json (the engine's side of the plan)."""
-    return normalise(Recipe(**{name: cls(**data[name]) for name, cls in SECTIONS.items()}))
+    """Rebuild a recipe written to plan.json (the engine's side of the plan). A section a
+    plan written by an older launcher lacks takes its defaults."""
+    return normalise(Recipe(**{name: cls(**data[name]) if name in data else cls()
+                               for name, cls in SECTIONS.items()}))
 
 
 def _sources_from_file(recipe: Recipe) -> dict[str, str]:

@@ -152,7 +152,33 @@ class RunConfig:
     log_every: int = option(10, "write metrics every N optimizer steps")
     trace_examples: bool = option(False, "write the id of every training example each rank "
                                          "reads to RUN_DIR/trace/rank{R}.txt")
-    executor: Literal["local"] = option("local", "where the job runs")
+    executor: Literal["local", "slurm"] = option("local", "where the job runs: this machine "
+                                                          "(torchrun) or Slurm (submitit)")
+
+
+@section
+class SlurmConfig:
+    partition: Optional[str] = option(None, "partition (sbatch --partition); None: the "
+                                            "cluster's default")
+    account: Optional[str] = option(None, "account to charge (--account)")
+    qos: Optional[str] = option(None, "quality of service (--qos)")
+    time_min: int = option(60, "time limit of one job in minutes (--time); a preempted or "
+                               "timed-out job is requeued and goes on from its checkpoint")
+    constraint: Optional[str] = option(None, "node features (--constraint), e.g. 'a100'")
+    gpus_per_node: Optional[int] = option(None, "GPUs per node (--gpus-per-node); default: "
+                                                "scale.procs_per_node on a GPU cluster, none "
+                                                "on CPU nodes")
+    cpus_per_task: Optional[int] = option(None, "CPUs for each node's task (--cpus-per-task)")
+    mem: Optional[str] = option(None, "memory per node (--mem), e.g. '200G'")
+    exclusive: bool = option(False, "whole nodes only (--exclusive)")
+    extra_sbatch: tuple[str, ...] = option(doc="more '#SBATCH' options, e.g. ('--reservation=x',)",
+                                 factory=tuple)
+    setup: tuple[str, ...] = option(doc="shell lines run before the job, e.g. ('module load cuda/12',)",
+                          factory=tuple)
+    env: dict[str, str] = option(doc="environment variables for the job, e.g. {'NCCL_DEBUG': 'WARN'}",
+                       factory=dict)
+    max_requeues: int = option(3, "times a preempted or timed-out job is requeued before it "
+                                  "is given up; a job that fails otherwise is not requeued")
 
 
 @section
@@ -165,11 +191,14 @@ class Recipe:
     checkpoint: CheckpointConfig = option(doc="saving state", factory=CheckpointConfig)
     eval: EvalConfig = option(doc="evaluation", factory=EvalConfig)
     run: RunConfig = option(doc="the run itself", factory=RunConfig)
+    slurm: SlurmConfig = option(doc="Slurm submission (run.executor='slurm')",
+                                factory=SlurmConfig)
 
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "task": TaskConfig, "data": DataConfig, "scale": ScaleConfig,
     "optim": OptimConfig, "checkpoint": CheckpointConfig, "eval": EvalConfig, "run": RunConfig,
+    "slurm": SlurmConfig,
 }
 SECTION_PATHS.update({cls: name for name, cls in SECTIONS.items()})
 SECTION_PATHS[Recipe] = "recipe"

@@ -1,0 +1,129 @@
+"""Run a plan on Slurm through submitit: one task per node, each running the plan's launch.sh.
+
+`run` submits and returns at once with the job id; `render` and `--dry-run` write the exact
+sbatch script submitit will use to RUN_DIR/plan/sbatch.sh. What users get wrong on real
+clusters (no sbatch, an unknown partition, a time limit too short to save in, more GPUs than
+processes) is refused before anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+
+from launcher import plan as plan_mod
+from launcher import resume
+from launcher.errors import RecipeError
+from launcher.plan.build import Plan
+from launcher.run_dir import RunDir
+
+JOB_FILE = "job.json"  # RUN_DIR/slurm/job.json: the job id, for status, logs and cancel
+
+
+def slurm_dir(rd: RunDir) -> Path:
+    return rd.root / "slurm"
+
+
+def _partitions() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    return [p.rstrip("*") for p in out.stdout.split()] if out.returncode == 0 else []
+
+
+def parameters(plan: Plan) -> dict[str, Any]:
+    """submitit's SlurmExecutor parameters for this plan."""
+    s, c = plan.recipe.slurm, plan.recipe.checkpoint
+    extra = {}
+    for line in s.extra_sbatch:
+        key, _, value = line.lstrip("-").partition("=")
+        extra[key] = value or True
+    env = {"SUBMITIT_PREEMPT_SIGNAL": PREEMPT_SIGNAL, **s.env}
+    setup = [*s.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())]
+    params = {
+        "job_name": plan.name, "nodes": plan.nodes, "ntasks_per_node": 1, "time": s.time_min,
+        "partition": s.partition, "account": s.account, "qos": s.qos,
+        "constraint": s.constraint, "gpus_per_node": s.gpus_per_node,
+        "cpus_per_task": s.cpus_per_task, "mem": s.mem,
+        "exclusive": True if s.exclusive else None,
+        # Slurm sends SIGUSR1 this long before the time limit: the ranks save in that time.
+        "signal_delay_s": c.grace_s, "setup": setup or None,
+        "additional_parameters": extra or None,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# Slurm's warning before the time limit, as submitit's handler and our ranks expect it. It is
+# read when submitit is imported, here and (through the job's environment) on the nodes.
+PREEMPT_SIGNAL = "USR1"
+
+
+def _executor(plan: Plan):
+    os.environ["SUBMITIT_PREEMPT_SIGNAL"] = PREEMPT_SIGNAL
+    import submitit
+
+    folder = slurm_dir(RunDir(plan.run_dir)) / "%j"
+    ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=plan.recipe.slurm.max_requeues)
+    ex.update_parameters(**parameters(plan))
+    return ex
+
+
+def sbatch_script(plan: Plan) -> str:
+    ex = _executor(plan)
+    return ex._make_submission_file_text(ex._submitit_command_str, "render")
+
+
+class SlurmExecutor:
+    def check(self, plan: Plan) -> Optional[int]:
+        s, c = plan.recipe.slurm, plan.recipe.checkpoint
+        if shutil.which("sbatch") is None:
+            raise RecipeError("run.executor", "is 'slurm' but there is no sbatch on PATH here",
+                              "run from a Slurm login node (or `module load slurm`), or use "
+                              "--executor local")
+        partitions = _partitions()
+        if s.partition and partitions and s.partition not in partitions:
+            raise RecipeError("slurm.partition", f"'{s.partition}' is not a partition of this "
+                              f"cluster (sinfo lists {', '.join(partitions)})",
+                              f"set slurm.partition to one of {', '.join(partitions)}")
+        if s.time_min * 60 <= 2 * c.grace_s:
+            raise RecipeError("slurm.time_min", f"is {s.time_min} min, too short for a job that "
+                              f"is warned checkpoint.grace_s={c.grace_s} s before its end to save",
+                              f"set slurm.time_min above {2 * c.grace_s // 60 + 1}, or lower "
+                              "checkpoint.grace_s")
+        if s.gpus_per_node is not None and s.gpus_per_node > plan.procs_per_node:
+            raise RecipeError("slurm.gpus_per_node", f"is {s.gpus_per_node} but the plan runs "
+                              f"{plan.procs_per_node} process(es) per node (scale.procs_per_node; "
+                              f"strategy {plan.recipe.scale.strategy} uses one GPU per "
+                              "process), so GPUs would sit idle",
+                              f"set scale.procs_per_node={s.gpus_per_node} or "
+                              f"slurm.gpus_per_node={plan.procs_per_node}")
+        return resume.check(plan)
+
+    def prepare(self, plan: Plan) -> Path:
+        rd = RunDir(plan.run_dir)
+        rd.logs.mkdir(parents=True, exist_ok=True)
+        plan_mod.write(plan, rd.plan)
+        (rd.plan / "sbatch.sh").write_text(sbatch_script(plan))
+        return rd.plan
+
+    def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+        from launcher.executors.local import local_env
+        from launcher.executors.slurm_job import NodeJob
+
+        rd = RunDir(plan.run_dir)
+        (rd.root / "preempted.json").unlink(missing_ok=True)
+        # Threads per rank are the node's business (torchrun sets 1), not this login node's.
+        env = {k: v for k, v in local_env(plan).items() if k != "OMP_NUM_THREADS"}
+        job = _executor(plan).submit(NodeJob(str(plan_dir), env, plan.recipe.checkpoint.grace_s))
+        slurm_dir(rd).mkdir(parents=True, exist_ok=True)
+        (slurm_dir(rd) / JOB_FILE).write_text(json.dumps({"job_id": job.job_id}) + "\n")
+        console.print(f"[bold]submitted[/] Slurm job {job.job_id} ({plan.nodes} node(s) x "
+                      f"{plan.procs_per_node}); run directory {plan.run_dir}", highlight=False)
+        for what, cmd in (("follow", "status"), ("logs", "logs"), ("stop", "cancel")):
+            console.print(f"  {what}: python -m launcher {cmd} {plan.run_dir}", highlight=False)
+        return 0

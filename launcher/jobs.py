@@ -1,0 +1,87 @@
+"""`launcher status | logs | cancel RUN_DIR`: follow a run, wherever it runs.
+
+The state comes from Slurm for a submitted job (`scontrol`, which works without accounting),
+and from the run directory for every run: the last metrics line, the summary, a preemption.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.errors import RecipeError
+from launcher.run_dir import RunDir
+from launcher.trained import open_run
+
+
+def job_id(rd: RunDir) -> Optional[str]:
+    path = rd.root / "slurm" / "job.json"
+    return json.loads(path.read_text())["job_id"] if path.is_file() else None
+
+
+def slurm_state(job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True)
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return {k: fields[k] for k in ("JobState", "NodeList", "RunTime", "Restarts", "Reason")
+            if k in fields}
+
+
+def status_command(run_dir: str, console: Console) -> int:
+    rd, plan = open_run(run_dir)
+    table = Table(title=f"Run {rd.root}", show_header=False, title_justify="left")
+    job = job_id(rd)
+    if job:
+        state = slurm_state(job)
+        table.add_row("Slurm job", f"{job}: {state.get('JobState', 'gone from scontrol')}"
+                      + (f" on {state['NodeList']}" if state.get("NodeList") else "")
+                      + (f", requeued {state['Restarts']} time(s)"
+                         if state.get("Restarts", "0") != "0" else ""))
+    if rd.summary.is_file():
+        table.add_row("state", "finished")
+    elif (rd.root / "preempted.json").is_file():
+        info = json.loads((rd.root / "preempted.json").read_text())
+        table.add_row("state", f"preempted at step {info['step']} ({info['signal']}); it goes "
+                               "on when requeued or resumed")
+    lines = rd.metrics.read_text().splitlines() if rd.metrics.is_file() else []
+    if lines:
+        last = json.loads(lines[-1])
+        table.add_row("step", f"{last['step']:,} of {plan.total_steps:,} (epoch {last['epoch']})")
+        table.add_row("loss", f"{last['loss']:.4f}")
+        table.add_row("samples/s", f"{last['samples_per_s']:,.1f}")
+        if not rd.summary.is_file() and last["samples_per_s"] > 0:
+            left = (plan.total_steps - last["step"]) * plan.global_batch / last["samples_per_s"]
+            table.add_row("ETA", f"{left / 60:.1f} min of training")
+    else:
+        table.add_row("step", "no step logged yet")
+    latest = rd.latest()
+    table.add_row("last checkpoint", latest.name if latest else "none yet")
+    console.print(table)
+    return 0
+
+
+def logs_command(run_dir: str, rank: int, console: Console) -> int:
+    rd, plan = open_run(run_dir)
+    path = rd.rank_log(rank)
+    if not path.is_file():
+        have = sorted(p.stem for p in rd.logs.glob("rank*.log")) if rd.logs.is_dir() else []
+        raise RecipeError("--rank", f"{path} does not exist (world size {plan.world_size})",
+                          f"use one of {have or 'the ranks, once the job has started'}")
+    sys.stdout.write(path.read_text(errors="replace"))  # as written: no wrapping, no markup
+    return 0
+
+
+def cancel_command(run_dir: str, console: Console) -> int:
+    rd, _ = open_run(run_dir)
+    job = job_id(rd)
+    if job is None:
+        raise RecipeError("RUN_DIR", f"{rd.root} was not submitted to Slurm",
+                          "stop a local run with Ctrl-C, or SIGTERM to save a checkpoint first")
+    subprocess.run(["scancel", job], check=True)
+    console.print(f"cancelled Slurm job {job}; resume it later with `python -m launcher resume "
+                  f"{rd.root} --executor slurm`", highlight=False)
+    return 0
