@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--executor", choices=["local", "slurm"],
                        help="where the job runs (sets run.executor)")
     sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
+    sw = sub.add_parser("sweep", help="run every combination of some values: one job array "
+                                      "on Slurm, one run after another locally")
+    sw.add_argument("recipe", help="recipe file")
+    sw.add_argument("axes", nargs="+", metavar="section.field=v1,v2",
+                    help="values to sweep, e.g. optim.lr=1e-5,2e-5 run.seed=1,2")
+    sw.add_argument("--set", dest="fixed", action="append", default=[],
+                    metavar="section.field=value", help="a value for every point")
+    sw.add_argument("--nodes", type=int, help="machines (sets scale.nodes)")
+    sw.add_argument("--nproc-per-node", "--gpus-per-node", dest="procs_per_node", type=int,
+                    help="processes per machine")
+    sw.add_argument("--executor", choices=["local", "slurm"], help="sets run.executor")
+    sw.add_argument("--out", help="directory for the points' run directories")
     rs = sub.add_parser("resume", help="continue a run from its last complete checkpoint "
                                        "(after a preemption, a time limit or a crash)")
     rs.add_argument("run_dir", help="the run directory `launcher run` printed")
@@ -107,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "sweep":
+        from launcher.sweep import sweep_command
+        return sweep_command(args.recipe, args.axes, [*args.fixed, *_scale_overrides(args)],
+                             args.out, console)
     if args.command in ("status", "logs", "cancel"):
         from launcher import jobs
         if args.command == "status":

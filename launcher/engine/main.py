@@ -40,6 +40,11 @@ def main(argv: list[str]) -> int:
     rd = RunDir(plan.run_dir)
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rd, rank)
+    import socket
+    where = os.environ.get("SLURMD_NODENAME")
+    logging.getLogger("launcher.engine").info(
+        "rank %d of %s on %s%s", rank, os.environ.get("WORLD_SIZE", "1"), socket.gethostname(),
+        f" (Slurm node {where}, job {os.environ.get('SLURM_JOB_ID')})" if where else "")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers

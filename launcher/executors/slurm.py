@@ -63,18 +63,30 @@ def parameters(plan: Plan) -> dict[str, Any]:
 PREEMPT_SIGNAL = "USR1"
 
 
-def _executor(plan: Plan):
+def executor_for(plan: Plan, folder: Optional[Path] = None):
+    """A submitit SlurmExecutor for the plan; its logs go to RUN_DIR/slurm/<job id>/."""
     os.environ["SUBMITIT_PREEMPT_SIGNAL"] = PREEMPT_SIGNAL
     import submitit
 
-    folder = slurm_dir(RunDir(plan.run_dir)) / "%j"
+    folder = folder or slurm_dir(RunDir(plan.run_dir)) / "%j"
     ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=plan.recipe.slurm.max_requeues)
     ex.update_parameters(**parameters(plan))
     return ex
 
 
+def node_env(plan: Plan) -> dict[str, str]:
+    from launcher.executors.local import local_env
+    # Threads per rank are the node's business (torchrun sets 1), not this login node's.
+    return {k: v for k, v in local_env(plan).items() if k != "OMP_NUM_THREADS"}
+
+
+def record_job(rd: RunDir, job_id: str) -> None:
+    slurm_dir(rd).mkdir(parents=True, exist_ok=True)
+    (slurm_dir(rd) / JOB_FILE).write_text(json.dumps({"job_id": job_id}) + "\n")
+
+
 def sbatch_script(plan: Plan) -> str:
-    ex = _executor(plan)
+    ex = executor_for(plan)
     return ex._make_submission_file_text(ex._submitit_command_str, "render")
 
 
@@ -112,16 +124,13 @@ class SlurmExecutor:
         return rd.plan
 
     def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
-        from launcher.executors.local import local_env
         from launcher.executors.slurm_job import NodeJob
 
         rd = RunDir(plan.run_dir)
         (rd.root / "preempted.json").unlink(missing_ok=True)
-        # Threads per rank are the node's business (torchrun sets 1), not this login node's.
-        env = {k: v for k, v in local_env(plan).items() if k != "OMP_NUM_THREADS"}
-        job = _executor(plan).submit(NodeJob(str(plan_dir), env, plan.recipe.checkpoint.grace_s))
-        slurm_dir(rd).mkdir(parents=True, exist_ok=True)
-        (slurm_dir(rd) / JOB_FILE).write_text(json.dumps({"job_id": job.job_id}) + "\n")
+        job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
+                                                plan.recipe.checkpoint.grace_s))
+        record_job(rd, job.job_id)
         console.print(f"[bold]submitted[/] Slurm job {job.job_id} ({plan.nodes} node(s) x "
                       f"{plan.procs_per_node}); run directory {plan.run_dir}", highlight=False)
         for what, cmd in (("follow", "status"), ("logs", "logs"), ("stop", "cancel")):

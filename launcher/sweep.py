@@ -1,0 +1,134 @@
+"""`launcher sweep R.py optim.lr=1e-5,2e-5 run.seed=1,2`: every combination, one run each.
+
+On Slurm the points go in as one job array (submitit's batch submission, so each point is
+still requeued from its checkpoint when preempted); locally they run one after another. The
+command waits for them and prints one table of their final metrics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.errors import RecipeError
+from launcher.recipe.schema import SECTIONS
+
+
+def _full_key(key: str) -> str:
+    if "." in key:
+        return key
+    owners = [name for name, cls in SECTIONS.items() if key in cls.__dataclass_fields__]
+    if len(owners) != 1:
+        raise RecipeError(key, "is not a field of one recipe section" if not owners else
+                          f"is a field of {', '.join(owners)}", "write it as section.field, "
+                          "e.g. optim.lr=1e-5,2e-5")
+    return f"{owners[0]}.{key}"
+
+
+def points(axes: list[str]) -> list[list[str]]:
+    """['optim.lr=1,2', 'seed=3'] -> [['optim.lr=1', 'run.seed=3'], ['optim.lr=2', ...]]."""
+    grid = []
+    for axis in axes:
+        key, sep, values = axis.partition("=")
+        if not sep or not values:
+            raise RecipeError(axis, "is not section.field=v1,v2,...", "write e.g. optim.lr=1e-5,2e-5")
+        grid.append([f"{_full_key(key)}={v.strip()}" for v in values.split(",") if v.strip()])
+    return [list(p) for p in itertools.product(*grid)]
+
+
+def slug(point: list[str]) -> str:
+    text = "_".join(p.split(".", 1)[1] for p in point)
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)
+
+
+def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[str],
+                  console: Console) -> int:
+    from launcher import plan as plan_mod
+    from launcher.recipe.load import load
+
+    grid = points(axes)
+    base = load(recipe, flags)
+    root = Path(out or f"sweeps/{base.recipe.run.name or Path(recipe).stem}-"
+                      f"{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    plans = [plan_mod.build(load(recipe, [*flags, *point,
+                                          f"run.output_dir={root / slug(point)}"]))
+             for point in grid]
+    console.print(f"sweep of {len(plans)} point(s) under {root}", highlight=False)
+    if plans[0].recipe.run.executor == "slurm":
+        results = _on_slurm(plans, root, console)
+    else:
+        results = _locally(plans, console)
+    _table(grid, plans, results, console)
+    return 0 if all(isinstance(r, dict) for r in results) else 1
+
+
+def _locally(plans, console: Console) -> list:
+    from launcher.executors.local import LocalExecutor
+
+    results = []
+    for plan in plans:
+        ex = LocalExecutor()
+        ex.check(plan)
+        rc = ex.run(plan, ex.prepare(plan), console)
+        results.append(_summary(plan) if rc == 0 else f"exit status {rc}")
+    return results
+
+
+def _on_slurm(plans, root: Path, console: Console) -> list:
+    from launcher.executors import slurm
+    from launcher.executors.slurm_job import NodeJob
+    from launcher.run_dir import RunDir
+
+    ex_slurm = slurm.SlurmExecutor()
+    for plan in plans:
+        ex_slurm.check(plan)
+        ex_slurm.prepare(plan)
+    executor = slurm.executor_for(plans[0], root / "slurm" / "%A_%a")
+    with executor.batch():
+        jobs = [executor.submit(NodeJob(str(RunDir(p.run_dir).plan), slurm.node_env(p),
+                                        p.recipe.checkpoint.grace_s)) for p in plans]
+    for plan, job in zip(plans, jobs):
+        slurm.record_job(RunDir(plan.run_dir), job.job_id)
+    console.print(f"[bold]submitted[/] job array {jobs[0].job_id.split('_')[0]} "
+                  f"({len(jobs)} tasks); waiting for them (Ctrl-C leaves them running)",
+                  highlight=False)
+    while not all(job.done() for job in jobs):
+        time.sleep(2)
+    results = []
+    for plan, job in zip(plans, jobs):
+        try:
+            job.result()
+            results.append(_summary(plan))
+        except Exception as err:  # a failed point is a row of the table, not the end
+            results.append(str(err).strip().splitlines()[-1][:120])
+    return results
+
+
+def _summary(plan) -> dict:
+    from launcher.run_dir import RunDir
+    return json.loads(RunDir(plan.run_dir).summary.read_text())
+
+
+def _table(grid, plans, results, console: Console) -> None:
+    metric_names = sorted({k for r in results if isinstance(r, dict) for k in r.get("eval", {})})
+    table = Table(title="Sweep", title_justify="left")
+    for col in ("point", "steps", "final loss", *[f"eval {m}" for m in metric_names],
+                "run directory"):
+        table.add_column(col)
+    for point, plan, result in zip(grid, plans, results):
+        if isinstance(result, dict):
+            ev = result.get("eval", {})
+            table.add_row(" ".join(point), str(result["steps"]), f"{result['final_loss']:.4f}",
+                          *[f"{ev[m]:.4f}" if m in ev else "-" for m in metric_names],
+                          plan.run_dir)
+        else:
+            table.add_row(" ".join(point), "failed", result, *["-"] * len(metric_names),
+                          plan.run_dir)
+    console.print(table)

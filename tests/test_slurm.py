@@ -1,0 +1,154 @@
+"""The Slurm path against a real Slurm: one controller and two slurmd (n1, n2) on this host,
+started by slurm/local-cluster.sh for this module and stopped after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY, cli_env
+from launcher.run_dir import RunDir
+
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+# 150 steps (about 2.5 epochs): long enough to be signalled while training.
+ARGS = ["--executor", "slurm", "--nodes", "2", "run.max_steps=150", "run.epochs=None",
+        "checkpoint.every=50", "eval.every=0", "run.log_every=1", "slurm.time_min=10",
+        "checkpoint.grace_s=60"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("slurmctld") is None:
+        pytest.fail("Slurm is not installed: apt-get install -y slurmctld slurmd slurm-client "
+                    "munge (.ci/run does)")
+    where = tmp_path_factory.mktemp("slurm")
+    # Ports of our own, so a cluster someone left up on the defaults is not disturbed.
+    env = dict(os.environ, LAUNCHER_SLURM_CTLD_PORT="16917", LAUNCHER_SLURM_NODE_PORT="17101")
+    up = subprocess.run([str(CLUSTER), "up", str(where)], env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    conf = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    yield {"SLURM_CONF": conf}
+    subprocess.run([str(CLUSTER), "down", str(where)], env=env, timeout=120)
+
+
+def launcher(cluster, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+                          env={**cli_env(), **cluster}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def scontrol_job(cluster, job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job, "-o"], env={**os.environ, **cluster},
+                         capture_output=True, text=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def wait_for(predicate, timeout: float, what: str, rd: RunDir) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            logs = "\n".join(p.read_text(errors="replace")[-2000:]
+                             for p in sorted((rd.root / "slurm").rglob("*_log.*")))
+            pytest.fail(f"timed out waiting for {what}; submitit logs:\n{logs}")
+        time.sleep(0.5)
+
+
+def submit(cluster, out: Path, *extra) -> tuple[RunDir, str]:
+    proc = launcher(cluster, "run", TINY, *ARGS, f"run.output_dir={out}", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted Slurm job" in proc.stdout and "launcher status" in proc.stdout
+    rd = RunDir(out)
+    return rd, json.loads((rd.root / "slurm" / "job.json").read_text())["job_id"]
+
+
+@pytest.fixture(scope="module")
+def finished(cluster, tmp_path_factory):
+    rd, job = submit(cluster, tmp_path_factory.mktemp("slurm-run") / "run")
+    nodes = []
+
+    def done():
+        nodes.append(scontrol_job(cluster, job).get("NodeList"))
+        return rd.summary.is_file()
+
+    wait_for(done, 240, "the job to finish", rd)
+    return rd, job, nodes
+
+
+def test_two_node_job_trains_across_n1_and_n2(finished):
+    rd, job, nodes = finished
+    summary = json.loads(rd.summary.read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 150
+    assert "n[1-2]" in nodes  # Slurm's own record of the allocation
+    hosts = {r: rd.rank_log(r).read_text() for r in (0, 1)}
+    assert "Slurm node n1" in hosts[0] + hosts[1] and "Slurm node n2" in hosts[0] + hosts[1]
+    plan = rd.plan / "sbatch.sh"
+    assert "--nodes=2" in plan.read_text() and "--signal=USR1@60" in plan.read_text()
+
+
+def test_usr1_checkpoints_requeues_and_finishes_with_the_same_weights(cluster, finished,
+                                                                      tmp_path):
+    ref, _, _ = finished
+    rd, job = submit(cluster, tmp_path / "run")
+    wait_for(lambda: rd.metrics.is_file() and len(rd.metrics.read_text().splitlines()) >= 5,
+             180, "training to start", rd)
+    subprocess.run(["scancel", "--signal=USR1", "--full", job], env={**os.environ, **cluster},
+                   check=True)
+    wait_for(lambda: (rd.root / "preempted.json").is_file() or rd.latest() is not None, 60,
+             "the preemption checkpoint", rd)
+    wait_for(lambda: rd.summary.is_file(), 240, "the requeued job to finish", rd)
+    summary = json.loads(rd.summary.read_text())
+    assert summary["resumed_from"] is not None and 5 <= summary["resumed_from"] < 150
+    assert int(scontrol_job(cluster, job).get("Restarts", "0")) >= 1
+    a = load_file(str(ref.final / "model.safetensors"))
+    b = load_file(str(rd.final / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_status_logs_and_cancel(cluster, finished):
+    rd, job, _ = finished
+    status = launcher(cluster, "status", rd.root)
+    assert status.returncode == 0 and "finished" in status.stdout and job in status.stdout
+    logs = launcher(cluster, "logs", rd.root, "--rank", "1")
+    assert logs.returncode == 0 and "rank 1 of 2" in logs.stdout
+
+
+def test_sweep_of_three_points_runs_as_one_array(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    proc = launcher(cluster, "sweep", TINY, "optim.lr=1e-3,2e-3,3e-3", "--executor", "slurm",
+                    "--set", "run.max_steps=10", "--set", "run.epochs=None", "--set",
+                    "slurm.time_min=10", "--set", "checkpoint.grace_s=60", "--out", out,
+                    timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "job array" in proc.stdout
+    jobs = {json.loads((d / "slurm" / "job.json").read_text())["job_id"]
+            for d in out.iterdir() if (d / "slurm").is_dir()}
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1
+    for lr in ("0.001", "0.002", "0.003"):
+        assert f"optim.lr={lr}" in " ".join(proc.stdout.split()) or lr in proc.stdout
+
+
+def test_mistakes_are_caught_before_submission(cluster, tmp_path):
+    out = tmp_path / "never"
+    cases = [
+        (["slurm.partition=gpu-big"], "slurm.partition", "debug"),
+        (["slurm.time_min=1", "checkpoint.grace_s=60"], "slurm.time_min", "grace_s"),
+        (["slurm.gpus_per_node=8"], "slurm.gpus_per_node", "scale.procs_per_node"),
+    ]
+    for extra, field, fix in cases:
+        proc = launcher(cluster, "run", TINY, *ARGS, f"run.output_dir={out}", *extra)
+        assert proc.returncode == 2 and field in proc.stderr and fix in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
+    env = {**cli_env(), **cluster, "PATH": str(tmp_path)}  # no sbatch anywhere on it
+    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(TINY), *ARGS,
+                           f"run.output_dir={out}"], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "no sbatch on PATH" in proc.stderr and not out.exists()
