@@ -44,7 +44,10 @@ def parameters(plan: Plan) -> dict[str, Any]:
         key, _, value = line.lstrip("-").partition("=")
         extra[key] = value or True
     env = {"SUBMITIT_PREEMPT_SIGNAL": PREEMPT_SIGNAL, **s.env}
-    setup = [*s.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())]
+    # The batch shell must outlive `scancel --signal=USR1 --full` (bash dies of USR1 by
+    # default, and the job with it, before submitit can requeue); the steps handle the signal.
+    setup = ["trap '' USR1", *s.setup,
+             *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())]
     params = {
         "job_name": plan.name, "nodes": plan.nodes, "ntasks_per_node": 1, "time": s.time_min,
         "partition": s.partition, "account": s.account, "qos": s.qos,

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,7 +50,10 @@ class NodeJob(submitit.helpers.Checkpointable):
         plan = json.loads((Path(self.plan_dir) / "plan.json").read_text())
         rd = RunDir(plan["run_dir"])
         self._proc = subprocess.Popen(["bash", str(Path(self.plan_dir) / "launch.sh")], env=env)
-        rc = self._proc.wait()
+        # Poll rather than wait(): wait() holds the Popen's lock while it blocks, and
+        # `checkpoint` (run in a signal handler on this thread) must be able to wait too.
+        while (rc := self._proc.poll()) is None:
+            time.sleep(0.5)
         if (rd.root / "preempted.json").is_file():
             return {"preempted": json.loads((rd.root / "preempted.json").read_text())}
         if rc != 0:
