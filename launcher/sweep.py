@@ -90,7 +90,7 @@ def _on_slurm(plans, root: Path, console: Console) -> list:
     for plan in plans:
         ex_slurm.check(plan)
         ex_slurm.prepare(plan)
-    executor = slurm.executor_for(plans[0], root / "slurm" / "%A_%a")
+    executor = slurm.executor_for(plans[0], root / "slurm" / "%j")
     with executor.batch():
         jobs = [executor.submit(NodeJob(str(RunDir(p.run_dir).plan), slurm.node_env(p),
                                         p.recipe.checkpoint.grace_s)) for p in plans]

@@ -132,8 +132,10 @@ def test_sweep_of_three_points_runs_as_one_array(cluster, tmp_path):
     jobs = {json.loads((d / "slurm" / "job.json").read_text())["job_id"]
             for d in out.iterdir() if (d / "slurm").is_dir()}
     assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1
-    for lr in ("0.001", "0.002", "0.003"):
-        assert f"optim.lr={lr}" in " ".join(proc.stdout.split()) or lr in proc.stdout
+    for lr in ("1e-3", "2e-3", "3e-3"):
+        assert f"optim.lr={lr}" in proc.stdout  # a row of the table per point
+        summary = json.loads((out / f"lr={lr}" / "summary.json").read_text())
+        assert summary["steps"] == 10 and summary["world_size"] == 1
 
 
 def test_mistakes_are_caught_before_submission(cluster, tmp_path):
