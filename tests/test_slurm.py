@@ -90,8 +90,10 @@ def test_two_node_job_trains_across_n1_and_n2(finished):
     assert "n[1-2]" in nodes  # Slurm's own record of the allocation
     hosts = {r: rd.rank_log(r).read_text() for r in (0, 1)}
     assert "Slurm node n1" in hosts[0] + hosts[1] and "Slurm node n2" in hosts[0] + hosts[1]
-    plan = rd.plan / "sbatch.sh"
-    assert "--nodes=2" in plan.read_text() and "--signal=USR1@60" in plan.read_text()
+    rendered = (rd.plan / "sbatch.sh").read_text()
+    assert "--nodes=2" in rendered and "--signal=USR1@60" in rendered
+    # what `render` showed is what was submitted
+    assert (rd.root / "slurm" / job / f"{job}_submission.sh").read_text() == rendered
 
 
 def test_usr1_checkpoints_requeues_and_finishes_with_the_same_weights(cluster, finished,
