@@ -141,3 +141,14 @@ def fingerprint(recipe: Any, labels: tuple) -> dict[str, Any]:
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{key} was {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
             for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+
+
+def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) -> list[str]:
+    """Why a checkpoint cannot go on under this recipe and plan (empty: it can). Checked
+    before launching and again by the engine, which a requeued job reaches directly."""
+    problems = differences(state.get("fingerprint", {}), now)
+    if state["global_batch"] != global_batch:
+        # The data position is counted in global batches.
+        problems.append(f"the global batch was {state['global_batch']} and the plan has "
+                        f"{global_batch} (set scale.global_batch={state['global_batch']})")
+    return problems

@@ -33,18 +33,12 @@ def check(plan: Plan) -> Optional[int]:
     if latest is None or not (latest / checkpoints.STATE).is_file():
         return None
     state = checkpoints.read_state(latest)
-    differ = checkpoints.differences(state.get("fingerprint", {}),
-                                     checkpoints.fingerprint(plan.recipe,
-                                                             tasks.for_recipe(plan.recipe).labels))
-    if differ:
-        raise RecipeError("run.output_dir", f"{rd.root} holds a checkpoint of another recipe "
-                          f"({'; '.join(differ)})", "use a new run.output_dir, or the recipe "
-                          "that run was started with; nothing there was touched")
-    if state["global_batch"] != plan.global_batch:
-        raise RecipeError("scale.global_batch", f"is {plan.global_batch} but {latest} was "
-                          f"trained with {state['global_batch']}; the data position of a "
-                          "resumed run is counted in global batches",
-                          f"set scale.global_batch={state['global_batch']}")
+    now = checkpoints.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
+    problems = checkpoints.incompatible(state, now, plan.global_batch)
+    if problems:
+        raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
+                          f"{'; '.join(problems)}", "use the recipe and global batch that run "
+                          "was started with, or a new run.output_dir; nothing there was touched")
     return state["step"]
 
 

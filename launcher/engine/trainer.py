@@ -130,14 +130,9 @@ class Trainer:
             return None
         path = self.rd.checkpoints / name
         state = checkpoints.read_state(path)
-        differ = checkpoints.differences(state["fingerprint"], self.fingerprint)
-        if differ:
-            raise RuntimeError(f"{path} is from another recipe: " + "; ".join(differ))
-        if state["global_batch"] != self.plan.global_batch:
-            raise RuntimeError(f"{path} was trained with a global batch of "
-                               f"{state['global_batch']} and this plan has "
-                               f"{self.plan.global_batch}; set scale.global_batch="
-                               f"{state['global_batch']} to resume it")
+        problems = checkpoints.incompatible(state, self.fingerprint, self.plan.global_batch)
+        if problems:
+            raise RuntimeError(f"{path} cannot go on under this plan: " + "; ".join(problems))
         checkpoint.load(self.accelerator, path, model=self.model,
                         optimizer=self.optimizer.optimizer, saved_world=state["world_size"])
         if state["world_size"] != self.world:
