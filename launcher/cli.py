@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                      description="Fine-tune BERT-family encoders from a recipe.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in (("run", "plan and train a recipe"),
-                            ("render", "write the plan files without running anything")):
+                            ("render", "write the plan files without running anything"),
+                            ("plan-memory", "estimate per-GPU memory for every strategy")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe file, e.g. recipes/tiny_news.py")
         p.add_argument("overrides", nargs="*", metavar="section.field=value",
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    if unknown or (extra and args.command not in ("run", "render")):
+    if unknown or (extra and args.command not in ("run", "render", "plan-memory")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command in ("run", "render"):
+    if args.command in ("run", "render", "plan-memory"):
         args.overrides = [*args.overrides, *extra]
     console = Console()
     try:
@@ -146,9 +147,13 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node,
                                    args.executor), args, console, must_resume=True)
     loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
+    if args.command == "plan-memory":
+        from launcher.plan.memory_report import memory_command
+        return memory_command(plan_mod.build(loaded), console)
     if args.command == "render":
         plan = plan_mod.build(loaded)
         _data_notes(plan, console)
+        _memory_note(plan, console)
         if args.explain:
             explain(plan, console)
         # Absolute, so launch.sh and accelerate.yaml work from any directory.
@@ -174,6 +179,7 @@ def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool 
         from launcher.executors.local import LocalExecutor
         executor = LocalExecutor()
     _data_notes(plan, console)
+    _memory_note(plan, console)
     step = executor.check(plan)
     if step is None and must_resume:
         raise RecipeError("RUN_DIR", f"{plan.run_dir} has no checkpoint to resume from",
@@ -188,6 +194,15 @@ def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool 
         console.print(f"plan written to {plan_dir}; not launched (--dry-run)")
         return 0
     return executor.run(plan, plan_dir, console)
+
+
+def _memory_note(plan, console: Console) -> None:
+    from launcher import tasks
+    from launcher.plan.memory import fit_warning
+
+    warning = fit_warning(plan, tasks.for_recipe(plan.recipe))
+    if warning:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _data_notes(plan, console: Console) -> None:

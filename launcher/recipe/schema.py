@@ -100,6 +100,9 @@ class ScaleConfig:
     grad_accum: Optional[int] = option(None, "micro batches per optimizer step; derived from "
                                              "global_batch when that is set, else 1")
     global_batch: Optional[int] = option(None, "examples per optimizer step over all ranks")
+    gpu: Optional[str] = option(None, "the GPU the job gets, e.g. 'H100-80GB' or 'A100-40GB': "
+                                      "a recipe whose model states will not fit is warned "
+                                      "about before launch (see `launcher plan-memory`)")
 
 
 @section

@@ -25,6 +25,11 @@ def validate(recipe: Recipe) -> None:
     if r.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name):
         raise RecipeError("run.name", f"{r.name!r} is not usable as a directory and job name",
                           "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    if s.gpu is not None:
+        from launcher.plan.memory import GPUS
+        if s.gpu not in GPUS:
+            raise RecipeError("scale.gpu", f"{s.gpu!r} is not a GPU this launcher knows",
+                              f"use one of {', '.join(GPUS)}, or leave it unset")
     if not m.name.strip():
         raise RecipeError("model.name", "is empty", "name a hub model or a local directory")
     _positive("model.freeze_layers", m.freeze_layers, allow_zero=True)
