@@ -60,9 +60,15 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
             transformer_cls_names_to_wrap=["BertLayer"], reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT")
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu else []
-    accelerator = Accelerator(cpu=cpu, mixed_precision=_PRECISION[precision],
+    # Accelerator(cpu=True) quietly turns a DeepSpeed plugin into plain DDP; DeepSpeed runs on
+    # CPU through its own CPU accelerator (DS_ACCELERATOR=cpu) when accelerate is not told cpu.
+    accelerator = Accelerator(cpu=cpu and "deepspeed_plugin" not in kwargs,
+                              mixed_precision=_PRECISION[precision],
                               gradient_accumulation_steps=plan.grad_accum,
                               kwargs_handlers=handlers, **kwargs)
+    if strategy.startswith("zero") and accelerator.distributed_type.name != "DEEPSPEED":
+        raise RuntimeError(f"scale.strategy is {strategy} but accelerate set up "
+                           f"{accelerator.distributed_type.name}, not DeepSpeed")
     if accelerator.num_processes != plan.world_size:
         # accelerate falls back to world size 1 silently when it misreads the environment.
         raise RuntimeError(f"the plan is for {plan.world_size} processes but this one sees "
@@ -85,9 +91,12 @@ class Trainer:
         model = build_model(plan.recipe.model, self.task)
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
-        self.scheduler = build_scheduler(optimizer, plan.recipe.optim,
-                                         warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # After prepare, on the torch optimizer that steps: ZeRO wraps it (and ZeRO-3 regroups
+        # its parameters), and the schedule must set the learning rates of the groups it has.
+        inner = self.optimizer.optimizer
+        self.scheduler = build_scheduler(getattr(inner, "optimizer", inner), plan.recipe.optim,
+                                         warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
         self.step, self.epoch = 0, 0
         self.position = data.Position()
         self.last_eval: Optional[dict] = None
