@@ -20,8 +20,7 @@ from launcher.trained import open_run
 
 
 def job_id(rd: RunDir) -> Optional[str]:
-    path = rd.root / "slurm" / "job.json"
-    return json.loads(path.read_text())["job_id"] if path.is_file() else None
+    return json.loads(rd.slurm_job.read_text())["job_id"] if rd.slurm_job.is_file() else None
 
 
 def slurm_state(job: str) -> dict[str, str]:
@@ -43,8 +42,8 @@ def status_command(run_dir: str, console: Console) -> int:
                          if state.get("Restarts", "0") != "0" else ""))
     if rd.summary.is_file():
         table.add_row("state", "finished")
-    elif (rd.root / "preempted.json").is_file():
-        info = json.loads((rd.root / "preempted.json").read_text())
+    elif rd.preempted.is_file():
+        info = json.loads(rd.preempted.read_text())
         table.add_row("state", f"preempted at step {info['step']} ({info['signal']}); it goes "
                                "on when requeued or resumed")
     lines = rd.metrics.read_text().splitlines() if rd.metrics.is_file() else []

@@ -18,6 +18,10 @@ class RunDir:
         self.tensorboard = self.root / "tensorboard"
         self.metrics = self.root / "metrics.jsonl"
         self.summary = self.root / "summary.json"
+        # there while a preempted run waits to go on: step, signal, checkpoint
+        self.preempted = self.root / "preempted.json"
+        self.slurm = self.root / "slurm"  # submitit's files, and job.json
+        self.slurm_job = self.slurm / "job.json"  # the job id, for status, logs and cancel
 
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank{rank}.log"

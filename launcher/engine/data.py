@@ -108,7 +108,7 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
     """(position after this micro batch, micro batch) forever. An epoch of known length ends
     after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
     d = plan.recipe.data
-    pos = Position(**(start.to_dict() if start else {}))
+    pos = start or Position()  # positions are replaced, never changed in place
     width = world * plan.micro_batch
     if pos.examples % width:
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "

@@ -37,7 +37,6 @@ from launcher.plan.scan import balanced_weights, scan
 from launcher.run_dir import RunDir
 
 log = logging.getLogger("launcher.engine")
-PREEMPTED = "preempted.json"  # in RUN_DIR: the job stopped on a signal and wants to go on
 _PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 # Sharded weights are gathered inside forward: every rank must run the same forwards.
 _SHARDED = ("zero3", "zero3_offload", "fsdp")
@@ -110,7 +109,7 @@ class Trainer:
         self.fingerprint = checkpoints.fingerprint(plan.recipe, self.task.labels)
         self.resumed_from = self._resume()
         if self.is_main:
-            (self.rd.root / PREEMPTED).unlink(missing_ok=True)
+            self.rd.preempted.unlink(missing_ok=True)
         self.metrics = (MetricsLog(self.rd.metrics, self.rd.tensorboard, after_step=self.step)
                         if self.is_main else None)
         self.trace = self._open_trace()
@@ -256,7 +255,7 @@ class Trainer:
         """Every rank saved this step; say so where the executor (and a person) will look."""
         signal_name = self.preemption.signal
         if self.is_main:
-            checkpoints.write_atomic(self.rd.root / PREEMPTED, json.dumps(
+            checkpoints.write_atomic(self.rd.preempted, json.dumps(
                 {"step": self.step, "signal": signal_name,
                  "checkpoint": self.rd.checkpoint(self.step).name}) + "\n")
             if progress:

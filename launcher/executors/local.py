@@ -53,7 +53,7 @@ class LocalExecutor:
         console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
                       f"{plan.run_dir}", highlight=False)
         # What an earlier attempt left must not be read as this one's outcome.
-        (rd.root / "preempted.json").unlink(missing_ok=True)
+        rd.preempted.unlink(missing_ok=True)
         for stale in rd.logs.glob("rank*.error"):
             stale.unlink()
         proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
@@ -74,9 +74,8 @@ class LocalExecutor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         relay.join(timeout=5)
-        preempted = rd.root / "preempted.json"
-        if preempted.is_file():
-            info = json.loads(preempted.read_text())
+        if rd.preempted.is_file():
+            info = json.loads(rd.preempted.read_text())
             console.print(f"[bold yellow]preempted[/] ({info['signal']}) at step {info['step']}; "
                           f"checkpoint {info['checkpoint']} saved. Continue with: python -m "
                           f"launcher resume {rd.root}", highlight=False, soft_wrap=True)

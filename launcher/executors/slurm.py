@@ -24,13 +24,6 @@ from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
-JOB_FILE = "job.json"  # RUN_DIR/slurm/job.json: the job id, for status, logs and cancel
-
-
-def slurm_dir(rd: RunDir) -> Path:
-    return rd.root / "slurm"
-
-
 def _partitions() -> list[str]:
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
     return [p.rstrip("*") for p in out.stdout.split()] if out.returncode == 0 else []
@@ -71,7 +64,7 @@ def executor_for(plan: Plan, folder: Optional[Path] = None):
     os.environ["SUBMITIT_PREEMPT_SIGNAL"] = PREEMPT_SIGNAL
     import submitit
 
-    folder = folder or slurm_dir(RunDir(plan.run_dir)) / "%j"
+    folder = folder or RunDir(plan.run_dir).slurm / "%j"
     ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=plan.recipe.slurm.max_requeues)
     ex.update_parameters(**parameters(plan))
     return ex
@@ -84,8 +77,8 @@ def node_env(plan: Plan) -> dict[str, str]:
 
 
 def record_job(rd: RunDir, job_id: str) -> None:
-    slurm_dir(rd).mkdir(parents=True, exist_ok=True)
-    (slurm_dir(rd) / JOB_FILE).write_text(json.dumps({"job_id": job_id}) + "\n")
+    rd.slurm.mkdir(parents=True, exist_ok=True)
+    rd.slurm_job.write_text(json.dumps({"job_id": job_id}) + "\n")
 
 
 def sbatch_script(plan: Plan) -> str:
@@ -130,7 +123,7 @@ class SlurmExecutor:
         from launcher.executors.slurm_job import NodeJob
 
         rd = RunDir(plan.run_dir)
-        (rd.root / "preempted.json").unlink(missing_ok=True)
+        rd.preempted.unlink(missing_ok=True)
         job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
                                                 plan.recipe.checkpoint.grace_s))
         record_job(rd, job.job_id)

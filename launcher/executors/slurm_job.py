@@ -54,8 +54,8 @@ class NodeJob(submitit.helpers.Checkpointable):
         # `checkpoint` (run in a signal handler on this thread) must be able to wait too.
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
-        if (rd.root / "preempted.json").is_file():
-            return {"preempted": json.loads((rd.root / "preempted.json").read_text())}
+        if rd.preempted.is_file():
+            return {"preempted": json.loads(rd.preempted.read_text())}
         if rc != 0:
             raise RuntimeError(f"torchrun on {os.environ.get('SLURMD_NODENAME')} exited with "
                                f"{rc}; see {rd.logs}")
