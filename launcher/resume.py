@@ -39,6 +39,13 @@ def check(plan: Plan) -> Optional[int]:
         raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
                           f"{'; '.join(problems)}", "use the recipe and global batch that run "
                           "was started with, or a new run.output_dir; nothing there was touched")
+    saved_world = state.get("world_size", plan.world_size)
+    if (latest / "deepspeed").is_dir() and saved_world != plan.world_size:
+        # DeepSpeed's own checkpoint holds one optimizer shard per rank, cut for that world.
+        raise RecipeError("--nproc-per-node", f"{latest} is a DeepSpeed ZeRO checkpoint of "
+                          f"{saved_world} ranks and this launch has {plan.world_size}",
+                          f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
+                          "nothing there was touched")
     return state["step"]
 
 

@@ -52,7 +52,8 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
                          "on CPU")
     kwargs: dict[str, Any] = {}
     if strategy.startswith("zero"):
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(plan_dir / "deepspeed.json"))
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(plan_dir / "deepspeed.json"),
+                                                     zero3_init_flag=False)
     elif strategy == "fsdp":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
@@ -78,16 +79,20 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
 class Trainer:
     def __init__(self, plan: Plan, plan_dir: Path):
         self.plan, self.rd = plan, RunDir(plan.run_dir)
+        self.task = tasks.for_recipe(plan.recipe)
+        # The whole model on every rank from run.seed, before accelerate exists: once it has
+        # a ZeRO-3 plugin, transformers builds under deepspeed.zero.Init, which draws each
+        # shard's initial weights from another stream, so a fresh model would differ from the
+        # one DDP or FSDP start from. Encoder models fit in host memory.
+        set_seed(plan.recipe.run.seed)
+        self.tokenizer = build_tokenizer(plan.recipe.model)
+        model = build_model(plan.recipe.model, self.task)
         self.accelerator = build_accelerator(plan, plan_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.console = Console()
-        self.task = tasks.for_recipe(plan.recipe)
         self.class_weights = self._class_weights()
-        # Same initial weights on every rank; then a different dropout stream per rank.
-        set_seed(plan.recipe.run.seed)
-        self.tokenizer = build_tokenizer(plan.recipe.model)
-        model = build_model(plan.recipe.model, self.task)
+        # Then a different dropout stream per rank.
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)

@@ -76,7 +76,9 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
             "deepspeed_config": {
                 "deepspeed_config_file": str(plan_dir / "deepspeed.json"),
                 "deepspeed_multinode_launcher": "standard",
-                "zero3_init_flag": ZERO_STAGES[strategy] == 3,
+                # The engine builds the whole model, then ZeRO-3 shards it: the same initial
+                # weights as every other strategy (encoder models fit in host memory).
+                "zero3_init_flag": False,
             },
         })
         del config["mixed_precision"]
