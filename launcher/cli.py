@@ -64,6 +64,29 @@ def _parser() -> argparse.ArgumentParser:
                     help="write RUN_DIR/plan/ and stop before launching")
     rs.add_argument("--executor", choices=["local", "slurm"],
                     help="where the job runs (default: as before)")
+    bn = sub.add_parser("bench", help="measure training throughput (samples/s, tokens/s, MFU, "
+                                      "step times, memory), beside HF Trainer if asked")
+    bn.add_argument("recipe", help="recipe file, e.g. recipes/bert_large_ag_news.py")
+    bn.add_argument("overrides", nargs="*", metavar="section.field=value",
+                    help="change a recipe value, e.g. scale.precision=bf16")
+    bn.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
+    bn.add_argument("--warmup", type=int, default=10, help="steps before timing (default 10)")
+    bn.add_argument("--out", help="directory for the report (default runs/bench-RECIPE-TIME)")
+    bn.add_argument("--baseline", action="append", default=[],
+                    choices=["hf-trainer", "hf-trainer-tutorial"],
+                    help="also run HF Trainer on the same model, rows and batch: with its best "
+                         "settings, or as the tutorials write it (repeatable)")
+    bn.add_argument("--synthetic", action="store_true",
+                    help="random weights of the recipe model's shape and rows with AG-News-like "
+                         "lengths, for when the hub cannot be reached")
+    bn.add_argument("--batch", default="", help="micro batches to measure, e.g. 32,256 "
+                                                "(default: the recipe's)")
+    bn.add_argument("--strategies", default="", help="strategies to measure, e.g. "
+                                                     "ddp,zero2,zero3,fsdp (default: the recipe's)")
+    bn.add_argument("--nproc-per-node", "--gpus-per-node", dest="procs_per_node", type=int,
+                    default=1, help="processes (GPUs) on this node (default 1)")
+    bn.add_argument("--peak-tflops", type=float, help="the device's dense peak for the "
+                    "precision, when launcher's table does not know it (for MFU)")
     st = sub.add_parser("status", help="state, step, loss, samples/s and ETA of a run")
     lg = sub.add_parser("logs", help="print one rank's log")
     ca = sub.add_parser("cancel", help="cancel a run's Slurm job")
@@ -92,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _scale_overrides(args: argparse.Namespace) -> list[str]:
     flags = []
-    for flag, key, value in (("--nodes", "scale.nodes", args.nodes),
+    for flag, key, value in (("--nodes", "scale.nodes", getattr(args, "nodes", None)),
                              ("--nproc-per-node", "scale.procs_per_node", args.procs_per_node),
                              ("--executor", "run.executor", getattr(args, "executor", None))):
         if value is not None:
@@ -105,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    if unknown or (extra and args.command not in ("run", "render", "plan-memory")):
+    with_overrides = ("run", "render", "plan-memory", "bench")
+    if unknown or (extra and args.command not in with_overrides):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command in ("run", "render", "plan-memory"):
+    if args.command in with_overrides:
         args.overrides = [*args.overrides, *extra]
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
     try:
         return _dispatch(args, console)
@@ -147,6 +172,13 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node,
                                    args.executor), args, console, must_resume=True)
     loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
+    if args.command == "bench":
+        from launcher.bench.run import bench_command
+        return bench_command(
+            loaded, steps=args.steps, warmup=args.warmup, out=args.out, baselines=args.baseline,
+            synthetic_data=args.synthetic, batches=_ints(args.batch, "--batch"),
+            strategies=[s for s in args.strategies.split(",") if s], procs=args.procs_per_node,
+            peak=args.peak_tflops, argv=args.argv, console=console)
     if args.command == "plan-memory":
         from launcher.plan.memory_report import memory_command
         return memory_command(plan_mod.build(loaded), console)
@@ -194,6 +226,17 @@ def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool 
         console.print(f"plan written to {plan_dir}; not launched (--dry-run)")
         return 0
     return executor.run(plan, plan_dir, console)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RecipeError(flag, f"is {text!r}", "give whole numbers separated by commas, "
+                          "e.g. 32,256") from None
+    if any(v < 1 for v in values):
+        raise RecipeError(flag, f"is {text!r}", "give numbers of 1 or more")
+    return values
 
 
 def _memory_note(plan, console: Console) -> None:

@@ -5,6 +5,7 @@ The engine reads the plan file and torch.distributed's own environment, nothing 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -54,7 +55,10 @@ def main(argv: list[str]) -> int:
     try:
         from launcher.engine.trainer import Trainer
 
-        trainer = Trainer(plan, plan_path.parent)
+        # `launcher bench` sets LAUNCHER_BENCH to its spec for this configuration.
+        bench = os.environ.get("LAUNCHER_BENCH")
+        trainer = Trainer(plan, plan_path.parent,
+                          bench=json.loads(Path(bench).read_text()) if bench else None)
         trainer.train()
         return 0
     except BaseException as err:

@@ -24,6 +24,7 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
+from launcher.bench import flops
 from launcher.engine import checkpoint, data, faults
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
@@ -31,6 +32,7 @@ from launcher.engine.model import build_model, build_tokenizer
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
+from launcher.engine.step_timer import StepTimer, write_result
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
 from launcher.plan.scan import balanced_weights, scan
@@ -77,7 +79,7 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, plan_dir: Path):
+    def __init__(self, plan: Plan, plan_dir: Path, bench: Optional[dict] = None):
         self.plan, self.rd = plan, RunDir(plan.run_dir)
         self.task = tasks.for_recipe(plan.recipe)
         # The whole model on every rank from run.seed, before accelerate exists: once it has
@@ -87,6 +89,7 @@ class Trainer:
         set_seed(plan.recipe.run.seed)
         self.tokenizer = build_tokenizer(plan.recipe.model)
         model = build_model(plan.recipe.model, self.task)
+        shape = flops.flop_shape(model) if bench else None
         self.accelerator = build_accelerator(plan, plan_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -119,6 +122,10 @@ class Trainer:
                         if self.is_main else None)
         self.trace = self._open_trace()
         self.preemption = Preemption(self.world)
+        # `launcher bench`: time the loop, and train nothing else (no eval, checkpoint, export).
+        self.bench = bench
+        self.timer = (StepTimer(warmup=bench["warmup_steps"], device=self.accelerator.device,
+                                shape=shape) if bench else None)
 
     def _resume(self) -> Optional[int]:
         """Restore everything from the newest intact checkpoint; its step, or None."""
@@ -200,11 +207,16 @@ class Trainer:
                     if self.is_main else None)
         every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
         preempted = False
+        timer = self.timer
         self.model.train()
         with progress or contextlib.nullcontext():
             while self.step < plan.total_steps:
                 for _ in range(plan.grad_accum):
+                    if timer:
+                        timer.data_begin()
                     self.position, batch = next(batches)
+                    if timer:
+                        timer.data_end(batch["inputs"]["attention_mask"])
                     self.epoch = self.position.epoch
                     if self.trace:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
@@ -222,6 +234,8 @@ class Trainer:
                 self.step += 1
                 window.steps += 1
                 faults.at("step", step=self.step, rank=self.rank)
+                if timer:
+                    timer.step_end(self.step)
                 if progress:
                     progress.advance(self.step)
                 last = self.step == plan.total_steps
@@ -229,6 +243,10 @@ class Trainer:
                     final_loss = self._log(window, progress)
                     window.reset()
                 preempted = not last and self.preemption.agreed()
+                if timer:
+                    if preempted:
+                        break
+                    continue
                 with window.paused():
                     improved = stop = False
                     if last or (every_eval and self.step % every_eval == 0):
@@ -248,6 +266,8 @@ class Trainer:
                                       f"not improved for {self.evals_since_best} evaluations")
                     break
         train_time = time.perf_counter() - start
+        if timer:
+            return self._bench_result(timer)
         stopped_early = self.step < plan.total_steps
         if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
             # What early stopping is for: export the best weights, not the last.
@@ -255,6 +275,20 @@ class Trainer:
                             optimizer=self.optimizer.optimizer, saved_world=self.world)
         self._export()
         return self._summary(final_loss, train_time, self.step - start_step)
+
+    def _bench_result(self, timer: StepTimer) -> dict:
+        p = self.plan
+        scale = p.recipe.scale
+        result = timer.result(
+            name=self.bench["name"], runner="launcher", strategy=scale.strategy,
+            precision=scale.precision, world_size=self.world, micro_batch=p.micro_batch,
+            grad_accum=p.grad_accum, global_batch=p.global_batch,
+            max_length=p.recipe.data.max_length,
+            padding=f"dynamic: longest row of each micro batch, multiple of "
+                    f"{p.recipe.data.pad_to_multiple_of or 1}")
+        if result is not None:
+            write_result(Path(self.bench["result"]), result)
+        return result or {}
 
     def _stop_preempted(self, progress) -> None:
         """Every rank saved this step; say so where the executor (and a person) will look."""
