@@ -46,7 +46,7 @@ def bench(tmp: Path, settings: str, procs: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shape(tmp_path_factory) -> FlopShape:
+def shape() -> FlopShape:
     config = AutoConfig.from_pretrained(REPO / "models" / "tiny-bert", num_labels=len(LABELS))
     return flop_shape(AutoModelForSequenceClassification.from_config(config))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           Trainer, TrainerCallback, TrainingArguments, set_seed)
 
 from launcher.bench import RESULT_FIELDS
-from launcher.bench.flops import FlopShape, flop_shape
+from launcher.bench.flops import flop_shape
+from launcher.engine.step_timer import cpu_name
+
 
 class StepClock(TrainerCallback):
     """Times optimizer steps. Trainer fetches a step's micro batches before on_step_begin, so
@@ -104,8 +105,8 @@ class CountingTrainer(Trainer):
 
 
 def tokenize(spec: dict, tokenizer: PreTrainedTokenizerBase):
-    """The whole file, tokenized once, as an in-memory datasets.Dataset (no cache files, so
-    ranks tokenizing side by side do not race)."""
+    """The whole file, tokenized once, as an in-memory datasets.Dataset: no cache files for
+    ranks tokenizing side by side to race on."""
     import datasets
 
     rows = [json.loads(line) for line in Path(spec["train_file"]).read_text().splitlines()
@@ -136,7 +137,7 @@ def training_args(spec: dict, cuda: bool) -> TrainingArguments:
                       # Trainer's default for a PreTrainedModel is True: a needless extra
                       # autograd-graph walk per step for a classifier that uses every weight.
                       ddp_find_unused_parameters=False)
-        # transformers 5 replaced the boolean with a sampler choice.
+        # Newer transformers replaced the boolean with a choice of sampler.
         if "group_by_length" in {f.name for f in dataclasses.fields(TrainingArguments)}:
             kwargs["group_by_length"] = True
         else:
@@ -155,7 +156,7 @@ def build_model(spec: dict) -> torch.nn.Module:
 
 
 def device_name(cuda: bool) -> str:
-    return torch.cuda.get_device_name() if cuda else (platform.processor() or "cpu")
+    return torch.cuda.get_device_name() if cuda else cpu_name()
 
 
 def base_result(spec: dict, world_size: int, cuda: bool) -> dict:
@@ -180,10 +181,9 @@ def run(spec: dict, result: dict, cuda: bool) -> None:
         raise RuntimeError(f"Trainer sees world size {args.world_size}, torchrun started "
                            f"{world_size}")
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    with args.main_process_first(desc="tokenize"):
-        train = tokenize(spec, tokenizer)
+    train = tokenize(spec, tokenizer)
     model = build_model(spec)
-    shape: FlopShape = flop_shape(model)
+    shape = flop_shape(model)
     clock = StepClock(spec["warmup_steps"], cuda)
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=train, processing_class=tokenizer,
@@ -209,6 +209,9 @@ def run(spec: dict, result: dict, cuda: bool) -> None:
         hardware_flops=shape.train_flops(c["padded_tokens"], c["sum_sq_padded"], c["samples"]),
         peak_memory_bytes=peaks[0] if peaks else None,
         peak_reserved_bytes=peaks[1] if peaks else None)
+    if torch.distributed.is_initialized():
+        # Accelerate leaves the group up; NCCL complains at exit when nobody took it down.
+        torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,111 @@
+"""`launcher bench`: the FLOP formula against torch's own counter, the synthetic lengths, and
+the whole benchmark on CPU (ours and HF Trainer, 2 ranks; no speed is asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import REPO, TINY, launcher
+from launcher.bench import RESULT_FIELDS, flops, synthetic
+from launcher.recipe.load import load
+
+
+@pytest.mark.parametrize("head", ["BertForSequenceClassification", "BertForTokenClassification",
+                                  "BertForQuestionAnswering"])
+def test_flop_formula_matches_torch_flop_counter(head):
+    config = transformers.BertConfig(vocab_size=500, hidden_size=128, num_hidden_layers=3,
+                                     num_attention_heads=4, intermediate_size=512,
+                                     num_labels=2 if "Question" in head else 4)
+    model = getattr(transformers, head)(config)
+    rows, length = 4, 128  # long enough that the attention term is a sixth of the total
+    ids = torch.randint(0, 500, (rows, length))
+    with FlopCounterMode(display=False) as counter:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        loss = out.logits.sum() if "Question" not in head else \
+            out.start_logits.sum() + out.end_logits.sum()
+        loss.backward()
+    shape = flops.flop_shape(model)
+    want = shape.train_flops(rows * length, rows * length * length, rows)
+    # The formula counts each linear layer's bias as a weight (a multiply-add per token);
+    # torch counts matmuls only: 1 / hidden apart at most.
+    assert want == pytest.approx(counter.get_total_flops(), rel=1.5 / config.hidden_size)
+    # and the attention term is there: without it the count falls short by more than that
+    assert 6 * shape.per_token_params * rows * length < counter.get_total_flops() * 0.9
+
+
+def test_flop_shape_counts_the_pooled_head_once_per_row():
+    config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=128, num_labels=4)
+    shape = flops.flop_shape(transformers.BertForSequenceClassification(config))
+    assert shape.per_row_params == (64 * 64 + 64) + (64 * 4 + 4)  # pooler + classifier
+    per_layer = 4 * (64 * 64 + 64) + 2 * 64 + (64 * 128 + 128) + (128 * 64 + 64) + 2 * 64
+    assert shape.per_token_params == 2 * per_layer
+
+
+def test_peak_table_knows_the_gpus_torch_names():
+    assert flops.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert flops.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == 312.0
+    assert flops.peak_tflops("CPU: Intel(R) Xeon(R)", "fp32") is None
+
+
+def test_synthetic_rows_have_exactly_the_drawn_lengths(tmp_path):
+    recipe = load(REPO / "recipes" / "bert_large_ag_news.py").recipe
+    model = synthetic.write_model(recipe, tmp_path / "model")
+    config = transformers.AutoConfig.from_pretrained(model)
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (24, 1024, 30522)
+    rows = synthetic.write_rows(tmp_path / "train.jsonl", model, 500, 128, 4, seed=3)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    texts = [json.loads(line)["text"] for line in rows.read_text().splitlines()]
+    got = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
+    assert got == synthetic.lengths(500, 128, seed=3).tolist()
+    drawn = synthetic.lengths(200_000, 128, seed=0)
+    assert drawn.min() == 12 and drawn.max() == 128 and 51 < drawn.mean() < 52.5
+
+
+def test_bench_on_cpu_writes_the_report_beside_hf_trainer(tmp_path):
+    out = tmp_path / "bench"
+    steps, warmup, batch = 4, 1, 16
+    proc = launcher("bench", TINY, "--synthetic", "--baseline", "hf-trainer", "--nproc-per-node",
+                    "2", "--steps", steps, "--warmup", warmup, "--batch", batch, "--out", out,
+                    timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("REPORT.md", "report.json", "throughput.png", "step_times.png", "memory.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    ours, hf = report["results"]
+    assert (ours["runner"], hf["runner"]) == ("launcher", "hf-trainer")
+    for result in (ours, hf):
+        assert set(RESULT_FIELDS) <= set(result), set(RESULT_FIELDS) - set(result)
+        assert result["error"] is None and result["world_size"] == 2
+        assert len(result["step_times_s"]) == len(result["data_wait_s"]) == steps
+        assert result["samples"] == steps * batch * 2
+        assert result["real_tokens"] <= result["padded_tokens"]
+        assert 0 < result["model_flops"] <= result["hardware_flops"]
+    # Our stream is the file in order: the timed steps trained exactly these rows.
+    drawn = synthetic.lengths(sum(1 for _ in (out / "inputs" / "train.jsonl").open()), 64,
+                              seed=42)
+    timed = drawn[warmup * batch * 2:(warmup + steps) * batch * 2]
+    assert ours["real_tokens"] == int(timed.sum())
+    assert report["rows"][0]["mfu"] is None  # no datasheet peak for a CPU
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["launcher ddp b16"]["vs_baseline"] == pytest.approx(
+        rows["launcher ddp b16"]["samples_per_s"] / rows["HF Trainer best b16"]["samples_per_s"])
+    text = (out / "REPORT.md").read_text()
+    assert "6 x N x tokens + 12 x L x H x sum(S^2)" in text
+    assert "launcher ddp b16" in text and "HF Trainer best b16" in text
+    assert "samples/s" in proc.stdout and "REPORT.md" in proc.stdout
+
+
+def test_bench_refuses_what_it_cannot_measure(tmp_path):
+    proc = launcher("bench", REPO / "recipes" / "tiny_ner.py", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "task.type" in proc.stderr
+    proc = launcher("bench", TINY, "--strategies", "zero4", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "--strategies" in proc.stderr and "zero3" in proc.stderr
+    proc = launcher("bench", TINY, "--batch", "32,x", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "--batch" in proc.stderr
+    assert not (tmp_path / "b").exists()  # refused before anything was written
