@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from launcher import sources
+from launcher.engine import packing
 from launcher.plan.build import Plan
 from launcher.tasks import Task
 
@@ -73,8 +74,8 @@ class TrainEpoch(IterableDataset):
     the row just past the last example of its global micro batch."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int, world: int,
-                 start_row: int, max_batches: Optional[int]):
-        self.rows, self.task, self.tokenizer = rows, task, tokenizer
+                 start_row: int, max_batches: Optional[int], pack_to: Optional[int] = None):
+        self.rows, self.task, self.tokenizer, self.pack_to = rows, task, tokenizer, pack_to
         self.micro, self.rank, self.world = micro, rank, world
         self.start_row, self.max_batches = start_row, max_batches
 
@@ -95,6 +96,8 @@ class TrainEpoch(IterableDataset):
                 mine = chunk[self.rank::self.world]
                 batch = self.task.encode([r for _, r in mine], self.tokenizer,
                                          indices=[i for i, _ in mine])
+                if self.pack_to:
+                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to)
                 batch["row_end"] = index + 1
                 yield batch
             made, chunk = made + 1, []
@@ -121,7 +124,8 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
             pos = Position(epoch=pos.epoch + 1)
             continue
         epoch = TrainEpoch(rows, task, tokenizer, plan.micro_batch, rank, world,
-                           start_row=pos.row, max_batches=left)
+                           start_row=pos.row, max_batches=left,
+                           pack_to=d.max_length if d.packing else None)
         taken = 0
         for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
                                 generator=_loader_generator(), worker_init_fn=_worker_init):

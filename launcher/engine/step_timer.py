@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from launcher.bench.flops import FlopShape
+from launcher.engine import packing
 
 
 class StepTimer:
@@ -29,19 +30,21 @@ class StepTimer:
         self._wait = 0.0
         self._timed = False
         self.start = self.end = 0.0
-        # rows, real tokens, padded tokens, sum of real lengths squared, of padded ones squared
+        # examples, real tokens, padded tokens, sum of real lengths squared, of padded rows'
+        # lengths squared
         self.counts = [0, 0, 0, 0, 0]
 
     def data_begin(self) -> None:
         self._fetch = time.perf_counter()
 
-    def data_end(self, attention_mask: torch.Tensor) -> None:
+    def data_end(self, inputs: dict[str, torch.Tensor]) -> None:
         self._wait += time.perf_counter() - self._fetch
         if self._timed:
-            lengths = attention_mask.sum(dim=1).to(torch.int64)
-            rows, padded = attention_mask.shape
-            for i, value in enumerate((rows, int(lengths.sum()), rows * padded,
-                                       int((lengths * lengths).sum()), rows * padded * padded)):
+            mask = packing.token_mask(inputs)
+            rows, padded = mask.shape
+            # FLOPs: per example on real lengths; per computed row on padded ones.
+            for i, value in enumerate((len(inputs["labels"]), int(mask.sum()), rows * padded,
+                                       packing.lengths_squared(inputs), rows * padded * padded)):
                 self.counts[i] += value
 
     def step_end(self, step: int) -> None:

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
 from launcher.bench import flops
-from launcher.engine import checkpoint, data, faults
+from launcher.engine import checkpoint, data, faults, packing
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer
@@ -90,6 +90,8 @@ class Trainer:
         self.tokenizer = build_tokenizer(plan.recipe.model)
         model = build_model(plan.recipe.model, self.task)
         shape = flops.flop_shape(model) if bench else None
+        # Packed micro batches: the pooler reads each example's [CLS] wherever it landed.
+        self.pooler = packing.install(model) if plan.recipe.data.packing else None
         self.accelerator = build_accelerator(plan, plan_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -216,20 +218,22 @@ class Trainer:
                         timer.data_begin()
                     self.position, batch = next(batches)
                     if timer:
-                        timer.data_end(batch["inputs"]["attention_mask"])
+                        timer.data_end(batch["inputs"])
                     self.epoch = self.position.epoch
                     if self.trace:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
                     inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
-                    labels = inputs.pop("labels")
-                    with acc.accumulate(self.model):
-                        loss = self.task.loss(self.model(**inputs), labels, self.class_weights)
+                    labels = inputs["labels"]
+                    with acc.accumulate(self.model), \
+                            packing.pooled_at(self.pooler, inputs.get("cls_index")):
+                        outputs = self.model(**packing.model_inputs(inputs))
+                        loss = self.task.loss(outputs, labels, self.class_weights)
                         acc.backward(loss)
                         if acc.sync_gradients and plan.recipe.optim.max_grad_norm > 0:
                             acc.clip_grad_norm_(self.model.parameters(), plan.recipe.optim.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    window.add_micro_batch(loss, batch["inputs"]["attention_mask"])
+                    window.add_micro_batch(loss, packing.token_mask(batch["inputs"]))
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1

@@ -85,6 +85,9 @@ class DataConfig:
     train_examples: Optional[int] = option(None, "size of the training set, when run.epochs is "
                                                  "used with a hub dataset; local files are counted")
     num_workers: int = option(1, "DataLoader worker processes per rank for reading/tokenizing")
+    packing: bool = option(False, "sequence classification: pack each micro batch's examples "
+                                  "into rows of max_length tokens, each attending only to "
+                                  "itself; far fewer pad tokens, the same loss")
 
 
 @section

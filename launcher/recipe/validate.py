@@ -58,6 +58,9 @@ def validate(recipe: Recipe) -> None:
                     ("eval.every", e.every), ("optim.weight_decay", o.weight_decay),
                     ("optim.max_grad_norm", o.max_grad_norm), ("optim.eps", o.eps)):
         _positive(path, v, allow_zero=True)
+    if d.packing and t.type not in ("sequence_classification", "multi_label_classification"):
+        raise RecipeError("data.packing", f"packs examples for a pooled classifier; task.type "
+                          f"{t.type} reads every token's output", "set data.packing=false")
     if d.max_length < 8:
         raise RecipeError("data.max_length", f"is {d.max_length}, too short for [CLS] text [SEP]",
                           "set data.max_length to 8 or more (128 is usual)")
