@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU measurement of BERT-large (335M) on AG-News-like lengths, one command per part:
-#   benchmarks/gpu.sh throughput [OUT]   ours beside HF Trainer (best settings and as the
-#                                        tutorials write it), at the recipe's micro batch of 32
-#                                        and at 256
+#   benchmarks/gpu.sh throughput [OUT]   ours (ddp, padded and packed) beside HF Trainer (best
+#                                        settings and as the tutorials write it), at the
+#                                        recipe's micro batch of 32 and at 256
 #   benchmarks/gpu.sh strategies [OUT]   ddp, zero2, zero3 and fsdp at 32, bf16, one GPU
 #   benchmarks/gpu.sh all [OUT]          both
 # Each part writes OUT/<part>/ (REPORT.md, report.json, three PNGs; default OUT is
@@ -30,7 +30,8 @@ report() {  # keep the report, leave the per-run folders in $work
 }
 if [ "$part" = throughput ] || [ "$part" = all ]; then
   python3 -m launcher bench "$recipe" --synthetic --batch 32,256 --steps 50 --warmup 10 \
-    --baseline hf-trainer --baseline hf-trainer-tutorial --out "$work/throughput" || true
+    --strategies ddp --packing both --baseline hf-trainer --baseline hf-trainer-tutorial \
+    --out "$work/throughput" || true
   report throughput
 fi
 if [ "$part" = strategies ] || [ "$part" = all ]; then

@@ -72,14 +72,15 @@ def test_bench_on_cpu_writes_the_report_beside_hf_trainer(tmp_path):
     steps, warmup, batch = 4, 1, 16
     proc = launcher("bench", TINY, "--synthetic", "--baseline", "hf-trainer", "--nproc-per-node",
                     "2", "--steps", steps, "--warmup", warmup, "--batch", batch, "--out", out,
-                    timeout=600)
+                    "--packing", "both", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("REPORT.md", "report.json", "throughput.png", "step_times.png", "memory.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    ours, hf = report["results"]
-    assert (ours["runner"], hf["runner"]) == ("launcher", "hf-trainer")
-    for result in (ours, hf):
+    ours, packed, hf = report["results"]
+    assert (ours["runner"], packed["runner"], hf["runner"]) == ("launcher", "launcher",
+                                                                 "hf-trainer")
+    for result in (ours, packed, hf):
         assert set(RESULT_FIELDS) <= set(result), set(RESULT_FIELDS) - set(result)
         assert result["error"] is None and result["world_size"] == 2
         assert len(result["step_times_s"]) == len(result["data_wait_s"]) == steps
@@ -90,7 +91,8 @@ def test_bench_on_cpu_writes_the_report_beside_hf_trainer(tmp_path):
     drawn = synthetic.lengths(sum(1 for _ in (out / "inputs" / "train.jsonl").open()), 64,
                               seed=42)
     timed = drawn[warmup * batch * 2:(warmup + steps) * batch * 2]
-    assert ours["real_tokens"] == int(timed.sum())
+    assert ours["real_tokens"] == packed["real_tokens"] == int(timed.sum())
+    assert packed["padded_tokens"] < ours["padded_tokens"]  # what packing is for
     assert report["rows"][0]["mfu"] is None  # no datasheet peak for a CPU
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["launcher ddp b16"]["vs_baseline"] == pytest.approx(

@@ -40,11 +40,12 @@ class Config:
     strategy: str
     micro_batch: int
     settings: str = ""     # HF Trainer: "best" or "tutorial"
+    packed: bool = False   # ours with data.packing
 
     @property
     def name(self) -> str:
         if self.runner == "launcher":
-            return f"launcher {self.strategy} b{self.micro_batch}"
+            return f"launcher {self.strategy}{' packed' if self.packed else ''} b{self.micro_batch}"
         return f"HF Trainer {self.settings} b{self.micro_batch}"
 
     @property
@@ -52,10 +53,11 @@ class Config:
         return self.name.lower().replace(" ", "-")
 
 
-def configurations(strategies: list[str], batches: list[int], baselines: list[str]) -> list[Config]:
+def configurations(strategies: list[str], batches: list[int], baselines: list[str],
+                   packing: list[bool]) -> list[Config]:
     out = []
     for batch in batches:
-        out += [Config("launcher", s, batch) for s in strategies]
+        out += [Config("launcher", s, batch, packed=p) for s in strategies for p in packing]
         out += [Config("hf-trainer", "ddp", batch, BASELINES[b]) for b in baselines]
     return out
 
@@ -63,7 +65,7 @@ def configurations(strategies: list[str], batches: list[int], baselines: list[st
 def bench_command(loaded: LoadedRecipe, *, steps: int, warmup: int, out: Optional[str],
                   baselines: list[str], synthetic_data: bool, batches: list[int],
                   strategies: list[str], procs: int, peak: Optional[float], argv: list[str],
-                  console: Console) -> int:
+                  console: Console, packing: str = "recipe") -> int:
     recipe = loaded.recipe
     if recipe.task.type != "sequence_classification":
         raise RecipeError("task.type", f"is {recipe.task.type}; the benchmark measures "
@@ -84,7 +86,10 @@ def bench_command(loaded: LoadedRecipe, *, steps: int, warmup: int, out: Optiona
     batches = batches or [recipe.scale.micro_batch]
     inputs = _inputs(loaded, root, synthetic_data, rows=(warmup + steps + 1) * max(batches) * procs)
     results = []
-    for config in configurations(strategies or [recipe.scale.strategy], batches, baselines):
+    packed = {"recipe": [recipe.data.packing], "on": [True], "off": [False],
+              "both": [False, True]}[packing]
+    for config in configurations(strategies or [recipe.scale.strategy], batches, baselines,
+                                 packed):
         console.print(f"[bold]bench[/] {config.name}: {warmup} warm-up + {steps} timed steps on "
                       f"{procs} process(es)", highlight=False)
         run = _run_ours if config.runner == "launcher" else _run_hf
@@ -131,7 +136,7 @@ def _run_ours(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path,
                  "scale.global_batch=None", "scale.grad_accum=1", "run.epochs=None",
                  f"run.max_steps={warmup + steps}", "run.executor=local",
                  "run.trace_examples=False", f"run.output_dir={run_dir}", "eval.every=0",
-                 "checkpoint.every=0"]
+                 "checkpoint.every=0", f"data.packing={config.packed}"]
     recipe = apply_overrides(loaded.recipe, overrides, dict(loaded.sources))
     if run_dir.exists():
         import shutil
