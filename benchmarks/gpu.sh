@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU measurement of BERT-large (335M) on AG-News-like lengths, one command per part:
-#   benchmarks/gpu.sh throughput [OUT]   ours (ddp, padded and packed) beside HF Trainer (best
-#                                        settings and as the tutorials write it), at the
-#                                        recipe's micro batch of 32 and at 256
-#   benchmarks/gpu.sh strategies [OUT]   ddp, zero2, zero3 and fsdp at 32, bf16, one GPU
-#   benchmarks/gpu.sh all [OUT]          both
-# Each part writes OUT/<part>/ (REPORT.md, report.json, three PNGs; default OUT is
+# The whole GPU measurement of BERT-large (335M) on AG-News-like lengths, bf16, one GPU.
+#   benchmarks/gpu.sh batch32 [OUT]     at the recipe's 32 examples per step: ours padded and
+#                                       packed, eager and compiled (CUDA graphs), beside HF
+#                                       Trainer with its best settings and as tutorials write it
+#   benchmarks/gpu.sh batch256 [OUT]    the same at 256 examples per step (eager)
+#   benchmarks/gpu.sh strategies [OUT]  ddp, zero2, zero3 and fsdp at 32: samples/s, peak memory
+#   benchmarks/gpu.sh all [OUT]         the three, one after another
+# Each part writes OUT/<part>/ (REPORT.md, report.json, three PNGs; OUT defaults to
 # benchmarks/results/<device>-<date>). Inputs are synthetic (random weights, generated rows):
 # the GPU machine reaches no hub. Packages it lacks come from .whl/ (benchmarks/fetch_wheels.sh).
 set -euo pipefail
@@ -24,19 +25,19 @@ OUT=${2:-benchmarks/results/$device-$(date +%F)}
 recipe=recipes/bert_large_ag_news.py
 work=${BENCH_WORK:-/tmp/bench}
 
-report() {  # keep the report, leave the per-run folders in $work
-  mkdir -p "$OUT/$1"
-  cp "$work/$1"/{REPORT.md,report.json,throughput.png,step_times.png,memory.png} "$OUT/$1/"
+bench() {  # PART ARGS...: run, then keep the report (the per-run folders stay in $work)
+  local name=$1; shift
+  python3 -m launcher bench "$recipe" --synthetic --out "$work/$name" "$@" || true
+  mkdir -p "$OUT/$name"
+  cp "$work/$name"/{REPORT.md,report.json,throughput.png,step_times.png,memory.png} "$OUT/$name/"
 }
-if [ "$part" = throughput ] || [ "$part" = all ]; then
-  python3 -m launcher bench "$recipe" --synthetic --batch 32,256 --steps 50 --warmup 10 \
-    --strategies ddp --packing both --baseline hf-trainer --baseline hf-trainer-tutorial \
-    --out "$work/throughput" || true
-  report throughput
-fi
-if [ "$part" = strategies ] || [ "$part" = all ]; then
-  python3 -m launcher bench "$recipe" --synthetic --strategies ddp,zero2,zero3,fsdp --batch 32 \
-    --steps 30 --warmup 10 --out "$work/strategies" || true
-  report strategies
-fi
+baselines=(--baseline hf-trainer --baseline hf-trainer-tutorial)
+case $part in batch32|all)
+  bench batch32 --batch 32 --strategies ddp --packing both --compile off,reduce-overhead \
+    --steps 50 --warmup 10 "${baselines[@]}" ;; esac
+case $part in batch256|all)
+  bench batch256 --batch 256 --strategies ddp --packing both --compile off \
+    --steps 30 --warmup 5 "${baselines[@]}" ;; esac
+case $part in strategies|all)
+  bench strategies --batch 32 --strategies ddp,zero2,zero3,fsdp --steps 30 --warmup 10 ;; esac
 echo "reports in $OUT"

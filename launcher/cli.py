@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--packing", choices=["recipe", "on", "off", "both"], default="recipe",
                     help="our engine with data.packing on, off, or both side by side "
                          "(default: as the recipe says)")
+    bn.add_argument("--compile", default="", help="our engine under these scale.compile modes, "
+                    "e.g. off,reduce-overhead (default: as the recipe says)")
     bn.add_argument("--nproc-per-node", "--gpus-per-node", dest="procs_per_node", type=int,
                     default=1, help="processes (GPUs) on this node (default 1)")
     bn.add_argument("--peak-tflops", type=float, help="the device's dense peak for the "
@@ -181,7 +183,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             loaded, steps=args.steps, warmup=args.warmup, out=args.out, baselines=args.baseline,
             synthetic_data=args.synthetic, batches=_ints(args.batch, "--batch"),
             strategies=[s for s in args.strategies.split(",") if s], procs=args.procs_per_node,
-            peak=args.peak_tflops, argv=args.argv, console=console, packing=args.packing)
+            peak=args.peak_tflops, argv=args.argv, console=console, packing=args.packing,
+            compiles=[m for m in args.compile.split(",") if m])
     if args.command == "plan-memory":
         from launcher.plan.memory_report import memory_command
         return memory_command(plan_mod.build(loaded), console)

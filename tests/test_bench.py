@@ -110,4 +110,7 @@ def test_bench_refuses_what_it_cannot_measure(tmp_path):
     assert proc.returncode == 2 and "--strategies" in proc.stderr and "zero3" in proc.stderr
     proc = launcher("bench", TINY, "--batch", "32,x", "--out", tmp_path / "b")
     assert proc.returncode == 2 and "--batch" in proc.stderr
+    proc = launcher("bench", TINY, "--strategies", "ddp,zero2", "--compile", "default",
+                    "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "scale.compile" in proc.stderr and "zero2" in proc.stderr
     assert not (tmp_path / "b").exists()  # refused before anything was written

@@ -29,7 +29,8 @@ from launcher.bench import flops, report, synthetic
 from launcher.errors import RecipeError
 from launcher.executors.local import local_env
 from launcher.recipe.load import LoadedRecipe, apply_overrides
-from launcher.recipe.schema import STRATEGIES
+from launcher.recipe.schema import COMPILE_MODES, STRATEGIES
+from launcher.recipe.validate import validate
 
 BASELINES = {"hf-trainer": "best", "hf-trainer-tutorial": "tutorial"}
 
@@ -41,11 +42,14 @@ class Config:
     micro_batch: int
     settings: str = ""     # HF Trainer: "best" or "tutorial"
     packed: bool = False   # ours with data.packing
+    compile: str = "off"   # ours with scale.compile
 
     @property
     def name(self) -> str:
         if self.runner == "launcher":
-            return f"launcher {self.strategy}{' packed' if self.packed else ''} b{self.micro_batch}"
+            compiled = "" if self.compile == "off" else f" compile={self.compile}"
+            return (f"launcher {self.strategy}{' packed' if self.packed else ''}{compiled} "
+                    f"b{self.micro_batch}")
         return f"HF Trainer {self.settings} b{self.micro_batch}"
 
     @property
@@ -54,10 +58,11 @@ class Config:
 
 
 def configurations(strategies: list[str], batches: list[int], baselines: list[str],
-                   packing: list[bool]) -> list[Config]:
+                   packing: list[bool], compiles: list[str]) -> list[Config]:
     out = []
     for batch in batches:
-        out += [Config("launcher", s, batch, packed=p) for s in strategies for p in packing]
+        out += [Config("launcher", s, batch, packed=p, compile=c)
+                for s in strategies for c in compiles for p in packing]
         out += [Config("hf-trainer", "ddp", batch, BASELINES[b]) for b in baselines]
     return out
 
@@ -65,7 +70,8 @@ def configurations(strategies: list[str], batches: list[int], baselines: list[st
 def bench_command(loaded: LoadedRecipe, *, steps: int, warmup: int, out: Optional[str],
                   baselines: list[str], synthetic_data: bool, batches: list[int],
                   strategies: list[str], procs: int, peak: Optional[float], argv: list[str],
-                  console: Console, packing: str = "recipe") -> int:
+                  console: Console, packing: str = "recipe",
+                  compiles: Optional[list[str]] = None) -> int:
     recipe = loaded.recipe
     if recipe.task.type != "sequence_classification":
         raise RecipeError("task.type", f"is {recipe.task.type}; the benchmark measures "
@@ -77,19 +83,33 @@ def bench_command(loaded: LoadedRecipe, *, steps: int, warmup: int, out: Optiona
     for b in baselines:
         if b not in BASELINES:
             raise RecipeError("--baseline", f"is {b!r}", f"use {' or '.join(BASELINES)}")
+    compiles = compiles or [recipe.scale.compile]
+    for mode in compiles:
+        if mode not in COMPILE_MODES:
+            raise RecipeError("--compile", f"has {mode!r}",
+                              f"use some of {', '.join(COMPILE_MODES)}")
     if steps < 2 or warmup < 1:
         raise RecipeError("--steps", f"{steps} timed after {warmup} warm-up",
                           "time 2 or more steps after 1 or more warm-up steps")
+    packed = {"recipe": [recipe.data.packing], "on": [True], "off": [False],
+              "both": [False, True]}[packing]
+    batches = batches or [recipe.scale.micro_batch]
+    configs = configurations(strategies or [recipe.scale.strategy], batches, baselines, packed,
+                             compiles)
+    # A recipe mistake in any configuration stops them all before anything is written.
+    for config in configs:
+        if config.runner == "launcher":
+            try:
+                validate(_our_recipe(loaded, {"overrides": []}, config, Path("."), steps,
+                                     warmup, procs))
+            except RecipeError as err:
+                raise err.with_source(str(loaded.path)) from None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(out or f"runs/bench-{loaded.path.stem}-{stamp}").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    batches = batches or [recipe.scale.micro_batch]
     inputs = _inputs(loaded, root, synthetic_data, rows=(warmup + steps + 1) * max(batches) * procs)
     results = []
-    packed = {"recipe": [recipe.data.packing], "on": [True], "off": [False],
-              "both": [False, True]}[packing]
-    for config in configurations(strategies or [recipe.scale.strategy], batches, baselines,
-                                 packed):
+    for config in configs:
         console.print(f"[bold]bench[/] {config.name}: {warmup} warm-up + {steps} timed steps on "
                       f"{procs} process(es)", highlight=False)
         run = _run_ours if config.runner == "launcher" else _run_hf
@@ -129,15 +149,21 @@ def _failure(config: Config, why: str) -> dict:
             "micro_batch": config.micro_batch, "error": why}
 
 
-def _run_ours(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path, steps: int,
-              warmup: int, procs: int) -> dict:
+def _our_recipe(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path, steps: int,
+                warmup: int, procs: int):
     overrides = [*inputs["overrides"], "scale.nodes=1", f"scale.procs_per_node={procs}",
                  f"scale.strategy={config.strategy}", f"scale.micro_batch={config.micro_batch}",
                  "scale.global_batch=None", "scale.grad_accum=1", "run.epochs=None",
                  f"run.max_steps={warmup + steps}", "run.executor=local",
                  "run.trace_examples=False", f"run.output_dir={run_dir}", "eval.every=0",
-                 "checkpoint.every=0", f"data.packing={config.packed}"]
-    recipe = apply_overrides(loaded.recipe, overrides, dict(loaded.sources))
+                 "checkpoint.every=0", f"data.packing={config.packed}",
+                 f"scale.compile={config.compile}"]
+    return apply_overrides(loaded.recipe, overrides, dict(loaded.sources))
+
+
+def _run_ours(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path, steps: int,
+              warmup: int, procs: int) -> dict:
+    recipe = _our_recipe(loaded, inputs, config, run_dir, steps, warmup, procs)
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)  # a bench run never resumes

@@ -74,8 +74,10 @@ class TrainEpoch(IterableDataset):
     the row just past the last example of its global micro batch."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int, world: int,
-                 start_row: int, max_batches: Optional[int], pack_to: Optional[int] = None):
+                 start_row: int, max_batches: Optional[int], pack_to: Optional[int] = None,
+                 pack_rows_multiple: int = 1):
         self.rows, self.task, self.tokenizer, self.pack_to = rows, task, tokenizer, pack_to
+        self.pack_rows_multiple = pack_rows_multiple
         self.micro, self.rank, self.world = micro, rank, world
         self.start_row, self.max_batches = start_row, max_batches
 
@@ -97,7 +99,8 @@ class TrainEpoch(IterableDataset):
                 batch = self.task.encode([r for _, r in mine], self.tokenizer,
                                          indices=[i for i, _ in mine])
                 if self.pack_to:
-                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to)
+                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                                   self.pack_rows_multiple)
                 batch["row_end"] = index + 1
                 yield batch
             made, chunk = made + 1, []
@@ -125,7 +128,9 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
             continue
         epoch = TrainEpoch(rows, task, tokenizer, plan.micro_batch, rank, world,
                            start_row=pos.row, max_batches=left,
-                           pack_to=d.max_length if d.packing else None)
+                           pack_to=d.max_length if d.packing else None,
+                           # compiled: a handful of row counts, so a handful of graphs
+                           pack_rows_multiple=4 if plan.recipe.scale.compile != "off" else 1)
         taken = 0
         for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
                                 generator=_loader_generator(), worker_init_fn=_worker_init):

@@ -41,14 +41,17 @@ def plan_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def pack(inputs: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
-    """A padded micro batch (input_ids, attention_mask, token_type_ids?, labels?) -> packed."""
+def pack(inputs: dict[str, torch.Tensor], capacity: int,
+         rows_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """A padded micro batch (input_ids, attention_mask, token_type_ids?, labels?) -> packed.
+    `rows_multiple` rounds the number of rows up (empty rows), so a compiled model sees a few
+    shapes rather than one per row count."""
     mask = inputs["attention_mask"].bool()
     lengths = mask.sum(dim=1).tolist()
     if max(lengths) > capacity:
         raise ValueError(f"an example of {max(lengths)} tokens does not fit rows of {capacity}")
     rows = plan_rows(lengths, capacity)
-    shape = (len(rows), capacity)
+    shape = (-(-len(rows) // rows_multiple) * rows_multiple, capacity)
     ids = torch.zeros(shape, dtype=inputs["input_ids"].dtype)
     types = torch.zeros(shape, dtype=torch.long)
     positions = torch.zeros(shape, dtype=torch.long)

@@ -92,6 +92,10 @@ class Trainer:
         shape = flops.flop_shape(model) if bench else None
         # Packed micro batches: the pooler reads each example's [CLS] wherever it landed.
         self.pooler = packing.install(model) if plan.recipe.data.packing else None
+        if plan.recipe.scale.compile != "off":
+            # In place: the module, its class and its state-dict keys stay what they were, so
+            # checkpoints and exports do not know it was compiled.
+            model.compile(mode=plan.recipe.scale.compile, dynamic=False)
         self.accelerator = build_accelerator(plan, plan_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process

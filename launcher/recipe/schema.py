@@ -13,6 +13,7 @@ from launcher.recipe.section import SECTION_PATHS, option, section
 
 # Literal[...] of a tuple is the Literal of its items: one list serves types, errors and tests.
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 PRECISIONS = ("bf16", "fp16", "fp32")
 TASK_TYPES = ("sequence_classification", "multi_label_classification", "token_classification",
               "question_answering")
@@ -103,6 +104,10 @@ class ScaleConfig:
     grad_accum: Optional[int] = option(None, "micro batches per optimizer step; derived from "
                                              "global_batch when that is set, else 1")
     global_batch: Optional[int] = option(None, "examples per optimizer step over all ranks")
+    compile: Literal[COMPILE_MODES] = option(
+        "off", "torch.compile the model (ddp): 'default', 'reduce-overhead' (CUDA graphs: "
+               "fewer kernel launches, the cost that dominates small batches) or "
+               "'max-autotune'")
     gpu: Optional[str] = option(None, "the GPU the job gets, e.g. 'H100-80GB' or 'A100-40GB': "
                                       "a recipe whose model states will not fit is warned "
                                       "about before launch (see `launcher plan-memory`)")

@@ -61,6 +61,10 @@ def validate(recipe: Recipe) -> None:
     if d.packing and t.type not in ("sequence_classification", "multi_label_classification"):
         raise RecipeError("data.packing", f"packs examples for a pooled classifier; task.type "
                           f"{t.type} reads every token's output", "set data.packing=false")
+    if s.compile != "off" and s.strategy != "ddp":
+        raise RecipeError("scale.compile", f"is {s.compile} with scale.strategy={s.strategy}; "
+                          "compiling is supported with ddp (DeepSpeed's and FSDP's hooks break "
+                          "the graph)", "set scale.compile=off, or scale.strategy=ddp")
     if d.max_length < 8:
         raise RecipeError("data.max_length", f"is {d.max_length}, too short for [CLS] text [SEP]",
                           "set data.max_length to 8 or more (128 is usual)")
