@@ -120,6 +120,7 @@ def bench_command(loaded: LoadedRecipe, *, steps: int, warmup: int, out: Optiona
     meta = _meta(loaded, results, procs, peak, argv, synthetic_data)
     rows = report.write_report(root, results, meta)
     console.print(report.table(rows, f"{loaded.path.name} on {meta['device']}"))
+    console.print(", ".join(f"{k} {v}" for k, v in meta["versions"].items()), highlight=False)
     console.print(f"report: {root / 'REPORT.md'}", highlight=False)
     return 0 if all(not r.get("error") for r in results) else 1
 
