@@ -105,19 +105,31 @@ class CountingTrainer(Trainer):
 
 
 def tokenize(spec: dict, tokenizer: PreTrainedTokenizerBase):
-    """The whole file, tokenized once, as an in-memory datasets.Dataset: no cache files for
-    ranks tokenizing side by side to race on."""
+    """The rows the run needs (twice over, for Trainer's sampler to draw from), tokenized
+    once, as an in-memory datasets.Dataset: no cache files for ranks to race on. Read
+    through launcher's own sources, so a local JSONL/CSV/parquet file or a hub dataset."""
+    import itertools
+
     import datasets
 
-    rows = [json.loads(line) for line in Path(spec["train_file"]).read_text().splitlines()
-            if line.strip()]
-    pair = spec.get("text_pair_column")
-    encoded = tokenizer([r[spec["text_column"]] for r in rows],
-                        [r[pair] for r in rows] if pair else None,
+    from launcher import sources
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    needed = 2 * (spec["warmup_steps"] + spec["steps"]) * spec["micro_batch"] * \
+        spec["grad_accum"] * world
+    src = sources.resolve(spec["train_file"], config=spec.get("dataset_config"),
+                          split=spec.get("split", "train"))
+    stream = sources.open_stream(src, streaming=True)
+    text, pair, label = spec["text_column"], spec.get("text_pair_column"), spec["label_column"]
+    rows = [r for r in itertools.islice(sources.iter_rows(stream), needed * 2)
+            if r.get(text)][:needed]
+    encoded = tokenizer([r[text] for r in rows], [r[pair] for r in rows] if pair else None,
                         truncation=True, max_length=spec["max_length"],
                         padding="max_length" if spec["settings"] == "tutorial" else False)
-    return datasets.Dataset.from_dict(
-        {**encoded, "labels": [int(r[spec["label_column"]]) for r in rows]})
+    names = spec["labels"]
+    labels = [names.index(r[label]) if isinstance(r[label], str) else int(r[label])
+              for r in rows]
+    return datasets.Dataset.from_dict({**encoded, "labels": labels})
 
 
 def training_args(spec: dict, cuda: bool) -> TrainingArguments:
@@ -180,7 +192,7 @@ def run(spec: dict, result: dict, cuda: bool) -> None:
     if args.world_size != world_size:
         raise RuntimeError(f"Trainer sees world size {args.world_size}, torchrun started "
                            f"{world_size}")
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(spec.get("tokenizer") or spec["model_dir"])
     train = tokenize(spec, tokenizer)
     model = build_model(spec)
     shape = flop_shape(model)

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -166,7 +167,6 @@ def _run_ours(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path,
               warmup: int, procs: int) -> dict:
     recipe = _our_recipe(loaded, inputs, config, run_dir, steps, warmup, procs)
     if run_dir.exists():
-        import shutil
         shutil.rmtree(run_dir)  # a bench run never resumes
     plan = plan_mod.build(dataclasses.replace(loaded, recipe=recipe))
     plan_dir = run_dir / "plan"
@@ -193,6 +193,8 @@ def _run_hf(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path, s
         "pretrained": inputs["pretrained"], "train_file": inputs["train"],
         "text_column": inputs["text"], "text_pair_column": inputs["pair"],
         "label_column": inputs["label"], "labels": list(r.task.labels),
+        "dataset_config": None if inputs["overrides"] else r.data.dataset_config,
+        "split": "train" if inputs["overrides"] else r.data.train_split,
         "max_length": r.data.max_length, "micro_batch": config.micro_batch, "grad_accum": 1,
         "precision": r.scale.precision, "settings": config.settings, "warmup_steps": warmup,
         "steps": steps, "lr": r.optim.lr, "seed": r.run.seed, "name": config.name,
