@@ -132,8 +132,10 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                            # compiled: a handful of row counts, so a handful of graphs
                            pack_rows_multiple=4 if plan.recipe.scale.compile != "off" else 1)
         taken = 0
+        # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
         for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
-                                generator=_loader_generator(), worker_init_fn=_worker_init):
+                                generator=_loader_generator(), worker_init_fn=_worker_init,
+                                pin_memory=torch.cuda.is_available()):
             taken += 1
             pos = Position(pos.epoch, batch.pop("row_end"), pos.examples + width)
             yield pos, batch
