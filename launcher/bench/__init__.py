@@ -5,6 +5,11 @@ writes one result (see RESULT_FIELDS); `report.py` turns the results into REPORT
 report.json, plots and a table. FLOPs are counted by `flops.py`.
 """
 
+import json
+from pathlib import Path
+
+from launcher.checkpoints import write_atomic
+
 # One configuration's measurement, as its rank 0 writes it (JSON). Counts are over the timed
 # steps only and summed over ranks; times are rank 0's.
 RESULT_FIELDS = {
@@ -27,3 +32,9 @@ RESULT_FIELDS = {
     "peak_reserved_bytes": "max over ranks of torch.cuda.max_memory_reserved (null on CPU)",
     "device": "torch's device name, or the CPU's", "error": "null, or why it did not run",
 }
+
+
+def write_result(path: Path, result: dict) -> None:
+    """One configuration's result, whole or not at all (`bench` reads it after the job)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=1) + "\n")

@@ -27,7 +27,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           DataCollatorWithPadding, PreTrainedTokenizerBase, PrinterCallback,
                           Trainer, TrainerCallback, TrainingArguments, set_seed)
 
-from launcher.bench import RESULT_FIELDS
+from launcher.bench import RESULT_FIELDS, write_result
 from launcher.bench.flops import flop_shape
 from launcher.engine.step_timer import cpu_name
 
@@ -241,17 +241,11 @@ def main(argv: list[str]) -> int:
         lines = str(err).strip().splitlines()
         result["error"] = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
         if rank == 0:
-            write_result(spec, result)
+            write_result(Path(spec["result"]), result)
         raise  # the traceback goes to the rank's stderr and the exit status is 1
     if rank == 0:
-        write_result(spec, result)
+        write_result(Path(spec["result"]), result)
     return 0
-
-
-def write_result(spec: dict, result: dict) -> None:
-    path = Path(spec["result"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

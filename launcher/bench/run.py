@@ -28,7 +28,7 @@ from rich.console import Console
 from launcher import plan as plan_mod
 from launcher.bench import flops, report, synthetic
 from launcher.errors import RecipeError
-from launcher.executors.local import local_env
+from launcher.executors.local import local_env, threads_per_rank
 from launcher.recipe.load import LoadedRecipe, apply_overrides
 from launcher.recipe.schema import COMPILE_MODES, STRATEGIES
 from launcher.recipe.validate import validate
@@ -200,7 +200,7 @@ def _run_hf(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path, s
         "steps": steps, "lr": r.optim.lr, "seed": r.run.seed, "name": config.name,
         "result": str(result_path), "work_dir": str(run_dir / "trainer")}, indent=1) + "\n")
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
+    env.setdefault("OMP_NUM_THREADS", threads_per_rank(procs))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", str(procs), "-m", "launcher.bench.hf_trainer", str(spec)]
     rc = _torchrun(command, env, run_dir / "launch.log")

@@ -25,7 +25,8 @@ class Preemption:
         self.received: Optional[str] = None  # the first signal this rank got
         self.signal: Optional[str] = None  # the one every rank agreed on
         # CPU tensors on gloo: agreeing never touches the GPU stream (a collective, all ranks).
-        self._group = dist.new_group(backend="gloo") if world > 1 else None
+        # Other host-side agreements (the bench's counts) use the same group.
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
         self._pending: Optional[tuple] = None
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
 
@@ -47,7 +48,7 @@ class Preemption:
                 return True
         seen = getattr(signal, self.received) if self.received else 0
         flag = torch.tensor([int(seen)], dtype=torch.int32)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
         self._pending = (work, flag)
         return False
 

@@ -8,7 +8,6 @@ clock is the step's clock). The timed region starts after `warmup` steps, at a d
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -65,8 +64,9 @@ class StepTimer:
         else:
             self.step_ends.append(time.perf_counter())
 
-    def result(self, **identity: Any) -> Optional[dict]:
-        """The measurement, summed over ranks; a dict on rank 0, None elsewhere (collective)."""
+    def result(self, group: Any, **identity: Any) -> Optional[dict]:
+        """The measurement, summed over ranks through `group` (a gloo group: the tensors stay
+        on the host; None for one process); a dict on rank 0, None elsewhere (collective)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
         self.end = time.perf_counter()
@@ -79,11 +79,11 @@ class StepTimer:
             peak = [0, 0]
         counts = torch.tensor(self.counts, dtype=torch.float64)
         peaks = torch.tensor(peak, dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(counts, group=_cpu_group())
-            dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=_cpu_group())
-        if dist.is_initialized() and dist.get_rank() != 0:
-            return None
+        if group is not None:
+            dist.all_reduce(counts, group=group)
+            dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=group)
+            if dist.get_rank() != 0:
+                return None
         rows, real, padded, real_sq, padded_sq = (int(x) for x in counts.tolist())
         return {
             **identity, "steps": len(times), "warmup_steps": self.warmup,
@@ -106,21 +106,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"CPU: {platform.processor() or platform.machine()}"
-
-
-_GROUP: Any = None
-
-
-def _cpu_group() -> Any:
-    # NCCL would need the tensors on the GPU; a gloo group takes them where they are.
-    global _GROUP
-    if _GROUP is None:
-        _GROUP = dist.new_group(backend="gloo")
-    return _GROUP
-
-
-def write_result(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)

@@ -24,7 +24,7 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
-from launcher.bench import flops
+from launcher.bench import flops, write_result
 from launcher.engine import checkpoint, data, faults, packing
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
@@ -32,7 +32,7 @@ from launcher.engine.model import build_model, build_tokenizer
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
-from launcher.engine.step_timer import StepTimer, write_result
+from launcher.engine.step_timer import StepTimer
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
 from launcher.plan.scan import balanced_weights, scan
@@ -288,7 +288,7 @@ class Trainer:
         p = self.plan
         scale = p.recipe.scale
         result = timer.result(
-            name=self.bench["name"], runner="launcher", strategy=scale.strategy,
+            self.preemption.group, name=self.bench["name"], runner="launcher", strategy=scale.strategy,
             precision=scale.precision, world_size=self.world, micro_batch=p.micro_batch,
             grad_accum=p.grad_accum, global_batch=p.global_batch,
             max_length=p.recipe.data.max_length,

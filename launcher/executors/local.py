@@ -92,10 +92,14 @@ def _relay(stream, tail: deque) -> None:
         sys.stderr.flush()
 
 
+def threads_per_rank(procs: int) -> str:
+    # Share the cores between the ranks (torchrun and accelerate each warn and guess).
+    return str(max(1, (os.cpu_count() or 1) // procs))
+
+
 def local_env(plan: Plan) -> dict[str, str]:
     """Environment the ranks need whichever executor starts them."""
-    # Share the cores between the ranks (torchrun and accelerate each warn and guess).
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // plan.procs_per_node))}
+    env = {"OMP_NUM_THREADS": threads_per_rank(plan.procs_per_node)}
     if _all_local(plan):
         # Nothing to fetch: never wait on a hub that may be unreachable from this node.
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
