@@ -41,47 +41,162 @@ def resolve(name: str, *, config: Optional[str], split: str) -> Source:
     return Source(name, name, None, config, split)
 
 
+class BadData(ValueError):
+    """A local data file that cannot be read as rows: where in it (line or row) and what is
+    wrong. Planning turns it into one line naming the recipe field; nothing is launched."""
+
+    def __init__(self, path: Path, where: str, problem: str):
+        self.path, self.where, self.problem = path, where, problem
+        super().__init__(f"{path}{' ' + where if where else ''}: {problem}")
+
+    @property
+    def fix(self) -> str:
+        if self.where.startswith("line"):
+            return ("correct or remove that line (every row of a local file is read before "
+                    "launch)")
+        return "write the file again (every row of a local file is read before launch)"
+
+
 def columns(src: Source) -> list[str]:
     """Column names of a local file, read from its first row or schema only."""
     assert src.path is not None
     if src.builder == "json":
-        with src.path.open() as fh:
-            for line in fh:
-                if line.strip():
-                    return list(json.loads(line).keys())
+        for row in _json_rows(src.path):
+            return list(row.keys())
         return []
     if src.builder == "csv":
-        with src.path.open(newline="") as fh:
-            return next(csv.reader(fh), [])
-    import pyarrow.parquet as pq
-    return list(pq.read_schema(src.path).names)
+        return next(_csv_records(src.path), (0, []))[1]
+    return list(_parquet_file(src.path).schema_arrow.names)
 
 
 def read_rows(src: Source) -> Iterator[dict]:
     """Rows of a local file as the engine's HF loaders give them, without importing datasets
-    (whose IterableDataset imports torch): planning stays a light step on a login node."""
+    (whose IterableDataset imports torch): planning stays a light step on a login node.
+
+    Every line is parsed, so a malformed one (bad JSON, a CSV row with the wrong number of
+    fields, an unreadable parquet) raises `BadData` naming the line before anything runs.
+    The file is streamed: a large one is never held in memory whole."""
     assert src.path is not None
     if src.builder == "json":
-        with src.path.open() as fh:
-            head = fh.read(1).lstrip()
-            fh.seek(0)
-            if head == "[":  # one JSON array of rows
-                yield from json.load(fh)
-                return
-            for line in fh:
-                if line.strip():
-                    yield json.loads(line)
+        yield from _json_rows(src.path)
     elif src.builder == "csv":
         import pandas as pd  # HF's CSV loader reads with pandas too: same types per column
 
-        for chunk in pd.read_csv(src.path, chunksize=10_000):
-            chunk = chunk.astype(object).where(chunk.notna(), None)
-            yield from chunk.to_dict("records")
+        # pandas fills a short row with NaN and names no line for most problems: a pass
+        # with the csv module checks the shape of every record first.
+        for _ in _csv_records(src.path):
+            pass
+        try:
+            for chunk in pd.read_csv(src.path, chunksize=10_000):
+                chunk = chunk.astype(object).where(chunk.notna(), None)
+                yield from chunk.to_dict("records")
+        except (ValueError, pd.errors.ParserError) as err:
+            raise BadData(src.path, "", f"cannot be read as CSV ({err})") from None
     else:
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
-        for batch in pq.ParquetFile(src.path).iter_batches(batch_size=10_000):
+        start = 0
+        batches = _parquet_file(src.path).iter_batches(batch_size=10_000)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as err:
+                raise BadData(src.path, f"rows from {start}", f"cannot be read ({err})") from None
+            start += batch.num_rows
             yield from batch.to_pylist()
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), "null")
+
+
+def _json_rows(path: Path) -> Iterator[dict]:
+    """JSON Lines (or one JSON array of rows), each row an object."""
+    for where, row in _json_objects(path):
+        if not isinstance(row, dict):
+            raise BadData(path, where, f"is {_json_kind(row)}, not an object of column values")
+        yield row
+
+
+def _json_objects(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as fh:
+        head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        fh.seek(0)
+        if head.startswith(b"["):  # one JSON array of rows: it has to be read whole
+            text = _decode(path, fh.read(), "").removeprefix("\ufeff")
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise BadData(path, f"line {err.lineno}", f"is not valid JSON ({err.msg}, "
+                              f"column {err.colno})") from None
+            except (ValueError, RecursionError) as err:
+                raise BadData(path, "", f"is not valid JSON ({err})") from None
+            if not isinstance(rows, list):
+                raise BadData(path, "", "is not a JSON array of rows")
+            for i, row in enumerate(rows):
+                yield f"row {i}", row
+            return
+        for number, raw in enumerate(fh, 1):
+            where = f"line {number}"
+            text = _decode(path, raw, where)
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a BOM, as editors on Windows write it
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue
+            try:
+                yield where, json.loads(text)
+            except json.JSONDecodeError as err:
+                raise BadData(path, where, f"is not valid JSON ({err.msg}, column "
+                              f"{err.colno})") from None
+            except (ValueError, RecursionError) as err:
+                raise BadData(path, where, f"is not valid JSON ({err})") from None
+
+
+def _decode(path: Path, raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadData(path, where, f"is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                      f"{err.start})") from None
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) of every record after checking it against the header's field count;
+    the header itself comes first."""
+    csv.field_size_limit(2**31 - 1)  # long documents are real data; pandas has no limit
+    with path.open("rb") as fh:
+        lines = (_decode(path, raw, f"line {n}").removeprefix("\ufeff" if n == 1 else "")
+                 for n, raw in enumerate(fh, 1))
+        reader = csv.reader(lines, strict=True)
+        start, header = 1, None
+        try:
+            for record in reader:
+                if header is None:
+                    header = record
+                elif record and len(record) != len(header):
+                    raise BadData(path, f"line {start}", f"has {len(record)} fields but the "
+                                  f"header has {len(header)} ({', '.join(header)})")
+                if record:
+                    yield start, record
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise BadData(path, f"line {start}", f"is not valid CSV ({err})") from None
+        if header is None:
+            raise BadData(path, "", "is empty (a CSV file needs a header row)")
+
+
+def _parquet_file(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise BadData(path, "", f"is not a readable parquet file ({err})") from None
 
 
 def open_stream(src: Source, *, streaming: bool):

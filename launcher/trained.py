@@ -18,7 +18,7 @@ from rich.console import Console
 from launcher import checkpoints, sources, tasks
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
-from launcher.plan.scan import scan
+from launcher.plan.scan import bad_data, scan
 from launcher.run_dir import RunDir
 
 
@@ -47,20 +47,32 @@ def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
     return found.name
 
 
-def check_data(plan: Plan, data: str) -> str:
+def check_data(plan: Plan, data: str, flag: str = "--data") -> str:
+    """A local file's columns and every row checked as `run` checks data.eval (`--file`:
+    only what predict reads, the texts); a hub name is passed on as it is."""
     task = tasks.for_recipe(plan.recipe)
+    labeled = flag == "--data"
     src = sources.resolve(data, config=plan.recipe.data.dataset_config,
                           split=plan.recipe.data.eval_split)
     if src.is_local:
         if not src.path.is_file():
-            raise RecipeError("--data", f"file {data} does not exist", "fix the path")
-        have = sources.columns(src)
-        for field, col in task.cols.fields().items():
-            if col is not None and field != "data.id_column" and col not in have:
-                raise RecipeError("--data", f"{data} has no column '{col}' ({field} of the "
+            raise RecipeError(flag, f"file {data} does not exist", "fix the path")
+        if not src.builder:
+            raise RecipeError(flag, f"{data} is not a file type the engine reads",
+                              f"convert it to one of {', '.join(sources.FORMATS)}")
+        try:
+            have = sources.columns(src)
+        except sources.BadData as err:
+            raise bad_data(flag, err) from None
+        needed = {"data.text_column": task.cols.text, "data.text_pair_column": task.cols.pair}
+        if labeled:
+            needed["data.label_column"] = task.cols.label
+        for field, col in needed.items():
+            if col is not None and col not in have:
+                raise RecipeError(flag, f"{data} has no column '{col}' ({field} of the "
                                   f"run's recipe; it has {', '.join(have)})",
                                   "rename the column or use a file in the training format")
-        scan(task, src)
+        scan(task, src, field=flag, labeled=labeled)
         return str(src.path)
     return data
 
@@ -114,6 +126,7 @@ def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
         src = sources.resolve(file, config=None, split="train")
         if not src.is_local or not src.path.is_file():
             raise RecipeError("--file", f"{file} is not a local data file", "fix the path")
+        check_data(plan, file, "--file")
         rows = list(sources.open_stream(src, streaming=True))
     else:
         if task.cols.pair is not None and pair is None:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from launcher import sources as src_mod
 from launcher import tasks
 from launcher.errors import RecipeError
-from launcher.plan.scan import Scan, balanced_weights, scan
+from launcher.plan.scan import Scan, bad_data, balanced_weights, scan
 from launcher.recipe.load import LoadedRecipe, recipe_from_dict
 from launcher.recipe.schema import Recipe, to_dict
 from launcher.recipe.validate import validate
@@ -97,9 +97,9 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     train, eval_src = _sources(recipe, task)
     checks = {}
     if train.is_local:
-        checks["train"] = scan(task, train)
+        checks["train"] = scan(task, train, field="data.train")
     if eval_src is not None and eval_src.is_local:
-        checks["eval"] = scan(task, eval_src, limit=recipe.eval.max_examples)
+        checks["eval"] = scan(task, eval_src, limit=recipe.eval.max_examples, field="data.eval")
     train_examples = _train_examples(recipe, train, checks.get("train"))
     weights = recipe.task.class_weights
     if weights == "balanced":
@@ -191,7 +191,10 @@ def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
     if not src.builder:
         raise RecipeError(field, f"{src.name} is not a file type the engine reads",
                           f"convert it to one of {', '.join(src_mod.FORMATS)}")
-    have = src_mod.columns(src)
+    try:
+        have = src_mod.columns(src)
+    except src_mod.BadData as err:
+        raise bad_data(field, err) from None
     for col_field, col in task.cols.fields().items():
         if col is not None and col not in have:
             raise RecipeError(col_field,

@@ -41,25 +41,40 @@ class Scan:
                 f"(examples {shown}{more})")
 
 
-def scan(task: Task, src: sources.Source, limit: Optional[int] = None) -> Scan:
+def bad_data(field: str, err: sources.BadData) -> RecipeError:
+    return RecipeError(field, str(err), err.fix)
+
+
+def scan(task: Task, src: sources.Source, limit: Optional[int] = None, *,
+         field: str = "data.train", labeled: bool = True) -> Scan:
+    """Every row read; the first `limit` (all by default) checked against the task.
+    `labeled=False` (predict's input) checks only that the rows can be read."""
     result = Scan(label_counts=[0] * max(len(task.labels), 2))
     stream = sources.read_rows(src) if src.is_local else sources.open_stream(src, streaming=True)
-    for index, row in enumerate(stream):
-        if limit is not None and index >= limit:
-            break
-        result.rows += 1
-        if task.is_empty(row):
-            result.empty += 1
-            if len(result.empty_examples) < SHOWN_EMPTY:
-                result.empty_examples.append(index)
-            continue
-        try:
-            ids = task.check_row(index, row)
-        except RecipeError as err:
-            raise RecipeError(err.field, f"in {src.name}, {err.problem}", err.fix) from None
-        for i in ids:
-            result.label_counts[i] += 1
+    try:
+        for index, row in enumerate(stream):
+            if labeled and (limit is None or index < limit):
+                _check(task, src, row, index, result)
+            elif not src.is_local:
+                break  # a hub stream is read no further than it is checked
+    except sources.BadData as err:
+        raise bad_data(field, err) from None
     return result
+
+
+def _check(task: Task, src: sources.Source, row: dict, index: int, result: Scan) -> None:
+    result.rows += 1
+    if task.is_empty(row):
+        result.empty += 1
+        if len(result.empty_examples) < SHOWN_EMPTY:
+            result.empty_examples.append(index)
+        return
+    try:
+        ids = task.check_row(index, row)
+    except RecipeError as err:
+        raise RecipeError(err.field, f"in {src.name}, {err.problem}", err.fix) from None
+    for i in ids:
+        result.label_counts[i] += 1
 
 
 def balanced_weights(task: Task, train: Scan) -> list[float]:
