@@ -190,6 +190,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return memory_command(plan_mod.build(loaded), console)
     if args.command == "render":
         plan = plan_mod.build(loaded)
+        _model_note(plan, console)
         _data_notes(plan, console)
         _memory_note(plan, console)
         if args.explain:
@@ -200,7 +201,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             console.print(f"wrote {path}")
         if plan.recipe.run.executor == "slurm":
             from launcher.executors.slurm import sbatch_script
-            (out / "sbatch.sh").write_text(sbatch_script(plan))
+            from launcher.plan.render import private, write_file
+            write_file(out / "sbatch.sh", sbatch_script(plan), private=private(plan))
             console.print(f"wrote {out / 'sbatch.sh'}")
         return 0
 
@@ -216,6 +218,7 @@ def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool 
     else:
         from launcher.executors.local import LocalExecutor
         executor = LocalExecutor()
+    check_model(plan)
     _data_notes(plan, console)
     _memory_note(plan, console)
     step = executor.check(plan)
@@ -252,6 +255,33 @@ def _memory_note(plan, console: Console) -> None:
     warning = fit_warning(plan, tasks.for_recipe(plan.recipe))
     if warning:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
+def check_model(plan) -> None:
+    """Before anything is launched (or written by --dry-run): the model and tokenizer exist."""
+    from launcher.plan import model_source
+
+    try:
+        model_source.check(plan.recipe.model)
+    except RecipeError as err:
+        raise err.with_source(_shown(plan.recipe_path)) from None
+
+
+def _model_note(plan, console: Console) -> None:
+    """`render` writes files for another machine (a cluster whose cache may hold the model):
+    a model not found here is a warning, not an error."""
+    try:
+        check_model(plan)
+    except RecipeError as err:
+        console.print(f"[yellow]warning:[/] {escape(err.one_line())} (`run` refuses this)",
+                      highlight=False, soft_wrap=True)
+
+
+def _shown(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _data_notes(plan, console: Console) -> None:

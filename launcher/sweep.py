@@ -60,6 +60,11 @@ def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[
     plans = [plan_mod.build(load(recipe, [*flags, *point,
                                           f"run.output_dir={root / slug(point)}"]))
              for point in grid]
+    from launcher.cli import check_model
+    check_model(plans[0])  # every point has the same model (a swept model.name: each one)
+    for plan in plans[1:]:
+        if plan.recipe.model != plans[0].recipe.model:
+            check_model(plan)
     console.print(f"sweep of {len(plans)} point(s) under {root}", highlight=False)
     if plans[0].recipe.run.executor == "slurm":
         results = _on_slurm(plans, root, console)
@@ -91,7 +96,7 @@ def _on_slurm(plans, root: Path, console: Console) -> list:
         ex_slurm.check(plan)
         ex_slurm.prepare(plan)
     executor = slurm.executor_for(plans[0], root / "slurm" / "%j")
-    with executor.batch():
+    with slurm.submitting(plans[0]), executor.batch():
         jobs = [executor.submit(NodeJob(str(RunDir(p.run_dir).plan), slurm.node_env(p),
                                         p.recipe.checkpoint.grace_s)) for p in plans]
     for plan, job in zip(plans, jobs):

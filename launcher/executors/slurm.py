@@ -8,13 +8,14 @@ processes) is refused before anything is queued.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from rich.console import Console
 
@@ -22,9 +23,12 @@ from launcher import plan as plan_mod
 from launcher import resume
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
+from launcher.plan.render import private, write_file
 from launcher.run_dir import RunDir
 
 def _partitions() -> list[str]:
+    if shutil.which("sinfo") is None:
+        return []  # partitions are then left for sbatch to check
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
     return [p.rstrip("*") for p in out.stdout.split()] if out.returncode == 0 else []
 
@@ -36,6 +40,11 @@ def parameters(plan: Plan) -> dict[str, Any]:
     for line in s.extra_sbatch:
         key, _, value = line.lstrip("-").partition("=")
         extra[key] = value or True
+    exported = extra.get("export")
+    if s.pass_env and isinstance(exported, str) and not exported.upper().startswith("ALL"):
+        # --export=NONE or a list: the job would not see the variables pass_env names.
+        names = [] if exported.upper() in ("NONE", "NIL") else exported.split(",")
+        extra["export"] = ",".join([*names, *(n for n in s.pass_env if n not in names)])
     env = {"SUBMITIT_PREEMPT_SIGNAL": PREEMPT_SIGNAL, **s.env}
     # The batch shell must outlive `scancel --signal=USR1 --full` (bash dies of USR1 by
     # default, and the job with it, before submitit can requeue); the steps handle the signal.
@@ -81,6 +90,27 @@ def record_job(rd: RunDir, job_id: str) -> None:
     rd.slurm_job.write_text(json.dumps({"job_id": job_id}) + "\n")
 
 
+@contextlib.contextmanager
+def submitting(plan: Plan) -> Iterator[None]:
+    """Around a submission. submitit writes its own copy of the sbatch script (with
+    slurm.env's values) into RUN_DIR/slurm/: that copy is created readable by its owner only,
+    while the job keeps the user's umask (sbatch takes it from SLURM_UMASK). Variables named
+    in slurm.pass_env reach the job through sbatch's environment (--export=ALL by default),
+    never through a file."""
+    if not private(plan):
+        yield
+        return
+    mask = os.umask(0o077)
+    previous = os.environ.get("SLURM_UMASK")
+    os.environ.setdefault("SLURM_UMASK", f"{mask:04o}")
+    try:
+        yield
+    finally:
+        os.umask(mask)
+        if previous is None:
+            os.environ.pop("SLURM_UMASK", None)
+
+
 def sbatch_script(plan: Plan) -> str:
     ex = executor_for(plan)
     return ex._make_submission_file_text(ex._submitit_command_str, "render")
@@ -110,13 +140,19 @@ class SlurmExecutor:
                               "process), so GPUs would sit idle",
                               f"set scale.procs_per_node={s.gpus_per_node} or "
                               f"slurm.gpus_per_node={plan.procs_per_node}")
+        missing = [name for name in s.pass_env if name not in os.environ]
+        if missing:
+            raise RecipeError("slurm.pass_env", f"{', '.join(missing)} is not set in this shell, "
+                              "so the job could not take it from here",
+                              f"export {missing[0]}=... before `launcher run`, or remove it "
+                              "from slurm.pass_env")
         return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:
         rd = RunDir(plan.run_dir)
         rd.logs.mkdir(parents=True, exist_ok=True)
         plan_mod.write(plan, rd.plan)
-        (rd.plan / "sbatch.sh").write_text(sbatch_script(plan))
+        write_file(rd.plan / "sbatch.sh", sbatch_script(plan), private=private(plan))
         return rd.plan
 
     def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
@@ -124,8 +160,9 @@ class SlurmExecutor:
 
         rd = RunDir(plan.run_dir)
         rd.preempted.unlink(missing_ok=True)
-        job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
-                                                plan.recipe.checkpoint.grace_s))
+        with submitting(plan):
+            job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
+                                                    plan.recipe.checkpoint.grace_s))
         record_job(rd, job.job_id)
         console.print(f"[bold]submitted[/] Slurm job {job.job_id} ({plan.nodes} node(s) x "
                       f"{plan.procs_per_node}); run directory {plan.run_dir}", highlight=False)

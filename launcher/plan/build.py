@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,7 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
                               f"one optimizer step needs {global_batch} examples but data.train "
                               f"has {train_examples}", f"lower {knob}")
     total_steps = r.max_steps if r.max_steps is not None else steps_per_epoch * r.epochs
-    name = r.name or loaded.path.stem
+    name = r.name or safe_name(loaded.path.stem)
     directory = run_dir or r.output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Plan(
         recipe=recipe, recipe_path=str(loaded.path.resolve()), name=name,
@@ -130,6 +131,13 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         data_checks={k: v.to_dict() for k, v in checks.items()},
         class_weights=list(weights) if weights is not None else None, sources=sources,
     )
+
+
+def safe_name(stem: str) -> str:
+    """A run name from a recipe's file name, in the characters run.name allows: it names the
+    run directory, the Slurm job and torchrun's rendezvous."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("._-")
+    return name or "run"
 
 
 def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:

@@ -8,6 +8,8 @@ plan.json and nothing else. `accelerate.yaml` is the same job for `accelerate la
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Optional
@@ -107,15 +109,18 @@ def launch_script(plan: Plan, plan_dir: Path) -> str:
         # executor (or the user) sets MASTER_ADDR / MASTER_PORT / RDZV_ID for the job.
         rendezvous = ('--rdzv-backend c10d '
                       f'--rdzv-endpoint "${{MASTER_ADDR:-127.0.0.1}}:${{MASTER_PORT:-{DEFAULT_PORT}}}" '
-                      f'--rdzv-id "${{RDZV_ID:-{shlex.quote(plan.name)}}}"')
+                      '--rdzv-id "${RDZV_ID:-$RUN_NAME}"')
     return "\n".join([
         "#!/usr/bin/env bash",
-        f"# Rendered by launcher from {plan.recipe_path}; render again rather than edit.",
+        f"# Rendered by launcher from {_comment(plan.recipe_path)}; render again rather than edit.",
         f"# World: {plan.nodes} node(s) x {plan.procs_per_node} process(es) = {plan.world_size}.",
         "# The same job through accelerate:",
-        f"#   accelerate launch --config_file {shlex.quote(str(plan_dir / 'accelerate.yaml'))} "
-        f"-m launcher.engine {plan_json}",
+        f"#   accelerate launch --config_file "
+        f"{_comment(shlex.quote(str(plan_dir / 'accelerate.yaml')))} -m launcher.engine "
+        f"{_comment(plan_json)}",
         "set -euo pipefail",
+        # Every value from a recipe or a path is shlex-quoted, never inside double quotes.
+        f"RUN_NAME={shlex.quote(plan.name)}",
         "# Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the",
         "# ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).",
         'export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"',
@@ -126,6 +131,27 @@ def launch_script(plan: Plan, plan_dir: Path) -> str:
         f"  -m launcher.engine {plan_json}",
         "",
     ])
+
+
+def _comment(text: str) -> str:
+    """Text for a comment line: a newline in a path must not end the comment."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
+
+
+def private(plan: Plan) -> bool:
+    """plan.json and sbatch.sh hold slurm.env's values: only their owner may read them."""
+    return bool(plan.recipe.slurm.env)
+
+
+def write_file(path: Path, text: str, *, private: bool = False) -> None:
+    """Write `text`; mode 0600 from the moment the file exists when `private`."""
+    if not private:
+        path.write_text(text)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def render(plan: Plan, plan_dir: Path) -> dict[str, str]:
@@ -146,7 +172,7 @@ def write(plan: Plan, plan_dir: Path) -> list[Path]:
     written = []
     for name, text in render(plan, plan_dir).items():
         path = plan_dir / name
-        path.write_text(text)
+        write_file(path, text, private=private(plan) and name == "plan.json")
         if name == "launch.sh":
             path.chmod(0o755)
         written.append(path)

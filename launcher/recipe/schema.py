@@ -186,8 +186,13 @@ class SlurmConfig:
                                  factory=tuple)
     setup: tuple[str, ...] = option(doc="shell lines run before the job, e.g. ('module load cuda/12',)",
                           factory=tuple)
-    env: dict[str, str] = option(doc="environment variables for the job, e.g. {'NCCL_DEBUG': 'WARN'}",
+    env: dict[str, str] = option(doc="environment variables for the job, e.g. {'NCCL_DEBUG': 'WARN'}; "
+                                     "the values are written into plan.json and sbatch.sh "
+                                     "(mode 0600): put secrets in pass_env",
                        factory=dict)
+    pass_env: tuple[str, ...] = option(doc="names of variables the job takes from the shell "
+                                           "that runs `launcher run`, e.g. ('WANDB_API_KEY',); "
+                                           "their values are written nowhere", factory=tuple)
     max_requeues: int = option(3, "times a preempted or timed-out job is requeued before it "
                                   "is given up; a job that fails otherwise is not requeued")
 

@@ -19,12 +19,46 @@ def _positive(path: str, value: int | float | None, *, allow_zero: bool = False)
         raise RecipeError(path, f"must be {floor}, got {value}", f"set {path} to {floor}")
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain_text(path: str, value: object) -> None:
+    """No newline or other control character: the value lands on one line of a script."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise RecipeError(path, f"{value!r} holds a newline or another control character",
+                          f"write {path} on one line, without control characters")
+
+
+def _check_slurm(recipe: Recipe) -> None:
+    sl = recipe.slurm
+    for key in sl.env:
+        if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+            raise RecipeError("slurm.env", f"{key!r} is not a variable name",
+                              "use letters, digits and '_', not starting with a digit")
+    for name in sl.pass_env:
+        if not _IDENTIFIER.fullmatch(name):
+            raise RecipeError("slurm.pass_env", f"{name!r} is not a variable name",
+                              "list variable names only (letters, digits and '_'), no values")
+        if name in sl.env:
+            raise RecipeError("slurm.pass_env", f"{name} is also set in slurm.env",
+                              "keep it in one of the two (secrets in pass_env)")
+    for field in ("partition", "account", "qos", "constraint", "mem"):
+        _plain_text(f"slurm.{field}", getattr(sl, field))
+    for line in sl.extra_sbatch:
+        if not re.fullmatch(r"--?[A-Za-z][A-Za-z0-9_-]*(=[^\x00-\x1f\x7f]*)?", line):
+            raise RecipeError("slurm.extra_sbatch", f"{line!r} is not one sbatch option",
+                              "write each as '--option=value' or '--flag', one per item")
+    _plain_text("run.output_dir", recipe.run.output_dir)
+
+
 def validate(recipe: Recipe) -> None:
     m, t, d, s, o, c, e, r = (recipe.model, recipe.task, recipe.data, recipe.scale,
                               recipe.optim, recipe.checkpoint, recipe.eval, recipe.run)
     if r.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name):
         raise RecipeError("run.name", f"{r.name!r} is not usable as a directory and job name",
                           "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    _check_slurm(recipe)
     if s.gpu is not None:
         from launcher.plan.memory import GPUS
         if s.gpu not in GPUS:
