@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class RecipeError(ValueError):
     """A mistake in a recipe, an override or a CLI flag.
@@ -22,4 +24,6 @@ class RecipeError(ValueError):
 
     def one_line(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.field}: {self.problem}. Fix: {self.fix}"
+        text = f"{where}{self.field}: {self.problem}. Fix: {self.fix}"
+        # A value echoed back may hold a newline: the message stays one line.
+        return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)

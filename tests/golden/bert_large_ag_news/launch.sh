@@ -4,11 +4,12 @@
 # The same job through accelerate:
 #   accelerate launch --config_file <PLAN>/accelerate.yaml -m launcher.engine <PLAN>/plan.json
 set -euo pipefail
+RUN_NAME=bert_large_ag_news
 # Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the
 # ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).
 export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}"
 # torchrun, from the interpreter that has launcher installed
-exec "${PYTHON:-python3}" -m torch.distributed.run --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-bert_large_ag_news}" \
+exec "${PYTHON:-python3}" -m torch.distributed.run --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-$RUN_NAME}" \
   --nnodes 2 --nproc-per-node 8 \
   -m launcher.engine <PLAN>/plan.json

@@ -4,6 +4,7 @@
 # The same job through accelerate:
 #   accelerate launch --config_file <PLAN>/accelerate.yaml -m launcher.engine <PLAN>/plan.json
 set -euo pipefail
+RUN_NAME=tiny_news
 # Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the
 # ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).
 export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
