@@ -187,7 +187,11 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             compiles=[m for m in args.compile.split(",") if m])
     if args.command == "plan-memory":
         from launcher.plan.memory_report import memory_command
-        return memory_command(plan_mod.build(loaded), console)
+        plan = plan_mod.build(loaded)
+        try:
+            return memory_command(plan, console)
+        except RecipeError as err:
+            raise err.with_source(_shown(plan.recipe_path)) from None
     if args.command == "render":
         plan = plan_mod.build(loaded)
         _model_note(plan, console)
@@ -252,7 +256,10 @@ def _memory_note(plan, console: Console) -> None:
     from launcher import tasks
     from launcher.plan.memory import fit_warning
 
-    warning = fit_warning(plan, tasks.for_recipe(plan.recipe))
+    try:
+        warning = fit_warning(plan, tasks.for_recipe(plan.recipe))
+    except RecipeError as err:
+        raise err.with_source(_shown(plan.recipe_path)) from None
     if warning:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 

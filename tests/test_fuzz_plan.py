@@ -12,6 +12,7 @@ import io
 import json
 import random
 import re
+import shutil
 import traceback
 from dataclasses import fields
 from pathlib import Path
@@ -38,7 +39,12 @@ OVERRIDE_VALUES = [
     "no_such_dataset", "bert-base-uncasd", "../x", "~", "-", "0.99999", "1e10", "2147483648",
     "question_answering", "token_classification", "multi_label_classification", "linear",
     "reduce-overhead", "A100-40GB", "H100", "O,B-PER,I-PER", "World,World", "World",
+    '{"hidden_size": "x"}', '{"num_attention_heads": 1.5}', '{"intermediate_size": null}',
+    '{"max_position_embeddings": true}', "T4-16GB",
 ]
+COMMANDS = ["run", "run", "run", "run", "render", "plan-memory"]
+MODEL_EDITS = ["config_truncated", "config_list", "config_string_size", "no_config",
+               "no_vocab", "weights_missing"]
 RECIPE_VALUES = [
     "None", "0", "-1", "1e309", "float('nan')", "''", "'  '", "'[/x]'", "()", "('a',)", "{}",
     "{'a': 1}", "True", "'$(touch PWNED)'", "[1, 2]", "10**12", "'x' * 300", "b'x'", "1.5",
@@ -56,6 +62,11 @@ REGRESSIONS: list[dict] = [
      "data": {"which": "train", "kind": "parquet_value", "at": 847, "value": 0}},
     {"recipe": "tiny_ner", "edit": None, "overrides": ["=1=a\nb"],
      "data": {"which": "eval", "kind": "value", "at": 212, "value": 4}},
+    # The memory estimate multiplied a string from model.config_overrides (TypeError).
+    {"recipe": "tiny_news", "edit": None, "data": None, "command": "run",
+     "overrides": ['model.config_overrides={"hidden_size": "x"}', "scale.gpu=A100-40GB"]},
+    {"recipe": "tiny_news", "edit": None, "data": None, "command": "plan-memory",
+     "overrides": ['model.config_overrides={"num_attention_heads": 1.5}']},
 ]
 
 
@@ -71,7 +82,12 @@ def _recipe_data(recipe: str) -> tuple[Path, Path]:
 
 def generate(rng: random.Random) -> dict:
     """One case: a recipe, an optional edit of its text, overrides, an optional data edit."""
-    case: dict = {"recipe": rng.choice(RECIPES), "edit": None, "overrides": [], "data": None}
+    case: dict = {"recipe": rng.choice(RECIPES), "edit": None, "overrides": [], "data": None,
+                  "command": rng.choice(COMMANDS), "model": None}
+    if rng.random() < 0.1:
+        case["model"] = rng.choice(MODEL_EDITS)
+    if rng.random() < 0.15:
+        case["overrides"].append(f"scale.gpu={rng.choice(['A100-40GB', 'T4-16GB'])}")
     if rng.random() < 0.35:
         kind = rng.choice(["value", "value", "value", "drop_line", "unknown_kw"])
         case["edit"] = {"kind": kind, "at": rng.randrange(1000),
@@ -180,6 +196,25 @@ DATA_KINDS = ["bad_json", "not_object", "invalid_utf8", "empty", "blank_lines", 
               "parquet_truncated", "parquet_value"]
 
 
+def _model_dir(tmp: Path, edit: str) -> Path:
+    """A copy of the shipped tiny model directory, damaged as `edit` says."""
+    model = tmp / "model"
+    shutil.copytree(REPO / "models" / "tiny-bert", model)
+    config = model / "config.json"
+    if edit == "config_truncated":
+        config.write_text(config.read_text()[:30])
+    elif edit == "config_list":
+        config.write_text("[1, 2]")
+    elif edit == "config_string_size":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "hidden_size": "64"}))
+    elif edit == "no_config":
+        config.unlink()
+    elif edit == "no_vocab":
+        (model / "vocab.txt").unlink()
+        (model / "tokenizer_config.json").unlink()
+    return model
+
+
 def run_case(case: dict, tmp: Path) -> tuple[int, str, str]:
     tmp.mkdir(parents=True)
     text = _source(case["recipe"])
@@ -187,13 +222,21 @@ def run_case(case: dict, tmp: Path) -> tuple[int, str, str]:
         text = _edit_recipe(text, case["edit"])
     recipe = tmp / f"{case['recipe']}.py"
     recipe.write_text(text)
-    argv = ["run", str(recipe), *case["overrides"]]
+    command = case.get("command", "run")
+    argv = [command, str(recipe), *case["overrides"]]
+    if case.get("model"):
+        pretrained = "true" if case["model"] == "weights_missing" else "false"
+        argv += [f"model.name={_model_dir(tmp, case['model'])}", "model.tokenizer=none",
+                 f"model.pretrained={pretrained}"]
     if case["data"]:
         train, evaluation = _recipe_data(case["recipe"])
         which = case["data"]["which"]
         path = _write_data(train if which == "train" else evaluation, tmp / which, case["data"])
         argv.append(f"data.{which}={path}")
-    argv += ["--dry-run", f"run.output_dir={tmp / 'run'}"]
+    if command == "run":
+        argv += ["--dry-run", f"run.output_dir={tmp / 'run'}"]
+    elif command == "render":
+        argv += ["--explain", "--out", str(tmp / "plan")]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

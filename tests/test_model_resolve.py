@@ -128,3 +128,12 @@ def test_render_only_warns(tmp_path, cache):
     assert rc == 0 and not err.strip(), err
     assert "warning:" in out and "bert-large-uncased" in out and "`run` refuses this" in out
     assert (tmp_path / "plan" / "plan.json").is_file()
+
+
+def test_model_directory_with_a_broken_config(tmp_path, cache):
+    model = tmp_path / "model"
+    shutil.copytree(TINY_BERT, model)
+    (model / "config.json").write_text("[1, 2]")
+    rc, _, err = _main("run", TINY, f"model.name={model}", "--dry-run",
+                       f"run.output_dir={tmp_path / 'run'}")
+    _refused(tmp_path / "run", rc, err, "model.name:", "config.json is not a JSON object")

@@ -193,6 +193,9 @@ def _sources(recipe: Recipe, task: tasks.Task) -> tuple[src_mod.Source, Optional
 
 
 def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
+    if src.path.is_dir():
+        raise RecipeError(field, f"{src.name} is a directory, not a data file",
+                          "name one .jsonl/.json/.csv/.parquet file")
     if not src.path.is_file():
         raise RecipeError(field, f"file {src.name} does not exist",
                           "fix the path (relative paths start at the current directory)")

@@ -59,25 +59,47 @@ class Shape:
 
 def shape_of(model: Any) -> Optional[Shape]:
     """The encoder's shape from a local config.json, the table above or the HF cache."""
-    config: Optional[dict] = None
+    from launcher.errors import RecipeError
+
+    config: Any = None
     local = Path(model.name) / "config.json"
     if local.is_file():
-        config = json.loads(local.read_text())
+        config = read_config(local, "model.name")
     elif model.name in KNOWN:
         config = KNOWN[model.name]
     else:
         try:
             from huggingface_hub import try_to_load_from_cache
             cached = try_to_load_from_cache(model.name, "config.json")
-            if isinstance(cached, str):
-                config = json.loads(Path(cached).read_text())
-        except ImportError:
-            pass
+        except Exception:  # not installed, or a name that is no hub id (planning says so)
+            cached = None
+        if isinstance(cached, str):
+            config = read_config(Path(cached), "model.name")
     if config is None:
         return None
-    config = {**config, **dict(model.config_overrides)}
+    overrides = dict(model.config_overrides)
+    config = {**config, **overrides}
     fields = Shape.__dataclass_fields__
+    for key in fields:
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            field = "model.config_overrides" if key in overrides else "model.name"
+            raise RecipeError(field, f"{key} is {value!r}, not a whole number of 0 or more",
+                              f"give {key} as a whole number, e.g. {{\"{key}\": 4}}")
     return Shape(**{k: config[k] for k in fields if k in config})
+
+
+def read_config(path: Path, field: str) -> dict:
+    from launcher.errors import RecipeError
+
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise RecipeError(field, f"{path} is not a readable JSON config ({err})",
+                          "write config.json again (save_pretrained does)") from None
+    if not isinstance(config, dict):
+        raise RecipeError(field, f"{path} is not a JSON object", "write config.json again")
+    return config
 
 
 def parameters(shape: Shape, num_labels: int, head: str, head_hidden: Optional[int]) -> int:

@@ -51,6 +51,8 @@ def _check_model(m: ModelConfig, hub: "_Hub") -> None:
         if not (local / "config.json").is_file():
             raise RecipeError("model.name", f"{local} has no config.json",
                               "point model.name at a directory save_pretrained wrote")
+        from launcher.plan.memory import read_config
+        read_config(local / "config.json", "model.name")
         if m.pretrained and not any((local / f).is_file() for f in WEIGHTS):
             raise RecipeError("model.name", f"{local} has a config but no weights (no "
                               f"{' or '.join(WEIGHTS[::2])}) and model.pretrained is True",
