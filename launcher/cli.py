@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line and exit 2, like every other input mistake."""
 
     def error(self, message: str) -> None:
+        message = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
         sys.stderr.write(f"error: {message}. Fix: see `{self.prog} --help`\n")
         sys.exit(2)
 
