@@ -101,7 +101,7 @@ def _one_line_refusal(rc: int, err: str, *needles: str) -> None:
 def test_run_names_the_malformed_line(tmp_path, kind):
     path, message = _bad(kind, tmp_path)
     out = tmp_path / "run"
-    rc, _, err = _main("run", TINY, f"data.train={path}", f"run.output_dir={out}")
+    rc, _, err = _main("run", TINY, f"data.train={path}", "--dry-run", f"run.output_dir={out}")
     _one_line_refusal(rc, err, "data.train:", message)
     assert not out.exists()
 
@@ -111,7 +111,7 @@ def test_eval_file_and_a_line_far_down_are_checked_too(tmp_path):
     lines = _lines()
     lines[250] = "{not json"
     path = _jsonl(tmp_path / "eval.jsonl", lines)
-    rc, _, err = _main("run", TINY, f"data.eval={path}", "eval.max_examples=100",
+    rc, _, err = _main("run", TINY, f"data.eval={path}", "eval.max_examples=100", "--dry-run",
                        f"run.output_dir={tmp_path / 'run'}")
     _one_line_refusal(rc, err, "data.eval:", "eval.jsonl line 251: is not valid JSON")
 
