@@ -20,6 +20,7 @@ from rich.console import Console
 
 from launcher import plan as plan_mod
 from launcher import resume
+from launcher.engine import trackers
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
@@ -110,6 +111,7 @@ class SlurmExecutor:
                               "process), so GPUs would sit idle",
                               f"set scale.procs_per_node={s.gpus_per_node} or "
                               f"slurm.gpus_per_node={plan.procs_per_node}")
+        trackers.check(plan)
         return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:
