@@ -90,18 +90,19 @@ def flatten(record: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def recipe_params(plan: Any) -> dict[str, str]:
-    """The resolved recipe as section.field -> text, and the plan's derived values as plan.*."""
+def recipe_params(plan: Any) -> dict[str, Any]:
+    """The resolved recipe as section.field -> value, and the plan's derived values as plan.*
+    (JSON-able values; MLflow gets them as text)."""
     from launcher.recipe.schema import to_dict
 
-    params: dict[str, str] = {}
+    params: dict[str, Any] = {}
     for section, fields in to_dict(plan.recipe).items():
         for field, value in fields.items():
             if section == "slurm" and field == "env":
                 value = sorted(value)  # the names only: values may be secrets
-            params[f"{section}.{field}"] = value if isinstance(value, str) else json.dumps(value)
+            params[f"{section}.{field}"] = value
     for key, value in plan.derived.items():
-        params[f"plan.{key}"] = json.dumps(value)
+        params[f"plan.{key}"] = value
     return params
 
 
@@ -119,7 +120,7 @@ class TensorBoard:
         self.writer = SummaryWriter(str(self.dir), purge_step=after_step + 1 if after_step else None)
         return None
 
-    def log_params(self, params: dict[str, str], *, resumed_from: Optional[int]) -> None:
+    def log_params(self, params: dict[str, Any], *, resumed_from: Optional[int]) -> None:
         pass  # plan/plan.json holds them beside the event files
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -174,10 +175,10 @@ class MLflow:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def log_params(self, params: dict[str, str], *, resumed_from: Optional[int]) -> None:
+    def log_params(self, params: dict[str, Any], *, resumed_from: Optional[int]) -> None:
         from mlflow.entities import Param, RunTag
 
-        params = {k: _clip(v) for k, v in params.items()}
+        params = {k: _clip(v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()}
         have = self.client.get_run(self.run_id).data.params
         new = [Param(k, v) for k, v in params.items() if k not in have]
         # A param never changes in MLflow; what a resume changed (say the world size) is
@@ -241,7 +242,7 @@ class WandB:
                               settings=wandb.Settings(console="off", quiet=True))
         return self.run.id
 
-    def log_params(self, params: dict[str, str], *, resumed_from: Optional[int]) -> None:
+    def log_params(self, params: dict[str, Any], *, resumed_from: Optional[int]) -> None:
         self.run.config.update(params, allow_val_change=True)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -303,7 +304,7 @@ class Trackers:
                 self.ids[tracker.name] = new
         self._each("start", start)
 
-    def log_params(self, params: dict[str, str], *, resumed_from: Optional[int]) -> None:
+    def log_params(self, params: dict[str, Any], *, resumed_from: Optional[int]) -> None:
         self._each("log_params", lambda t: t.log_params(params, resumed_from=resumed_from))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
