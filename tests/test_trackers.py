@@ -222,3 +222,37 @@ def test_tracker_failing_during_training_is_warned_about_once_and_dropped(tmp_pa
     assert [r["step"] for r in _logged(rd)] == [10, 20]
     assert list(rd.tensorboard.glob("events.out.tfevents.*"))
     assert log.run_ids() == {}
+
+
+def test_mlflow_resume_on_another_world_size_keeps_params_and_tags_the_change(tmp_path,
+                                                                              monkeypatch):
+    """MLflow params never change: a resume on 1 rank of a 2-rank run says so in tags."""
+    from mlflow import MlflowClient
+
+    from launcher import plan as plan_mod
+    from launcher.engine.metrics_log import MetricsLog
+    from launcher.recipe.load import load
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out = tmp_path / "r"
+
+    def plan(procs: int):
+        return plan_mod.build(load(TINY, [f"run.output_dir={out}", "run.report_to=mlflow",
+                                          f"scale.procs_per_node={procs}"]))
+    rd = RunDir(out)
+    rd.root.mkdir(parents=True)
+    first = MetricsLog(plan(2), rd, warn=pytest.fail)
+    first.train({"step": 8, "loss": 0.5})
+    first.close("preempted")
+    second = MetricsLog(plan(1), rd, after_step=8, run_ids=first.run_ids(), warn=pytest.fail)
+    assert second.run_ids() == first.run_ids()
+    second.train({"step": 10, "loss": 0.25})
+    second.close("finished")
+    client = MlflowClient(tracking_uri=str(rd.root / "mlruns"))
+    run = client.get_run(first.run_ids()["mlflow"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["plan.world_size"] == "2"
+    assert run.data.tags["resumed_at_step_8.plan.world_size"] == "1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [8, 10]
