@@ -158,6 +158,7 @@ def _our_recipe(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Pat
                  "scale.global_batch=None", "scale.grad_accum=1", "run.epochs=None",
                  f"run.max_steps={warmup + steps}", "run.executor=local",
                  "run.trace_examples=False", f"run.output_dir={run_dir}", "eval.every=0",
+                 "run.report_to=tensorboard",
                  "checkpoint.every=0", f"data.packing={config.packed}",
                  f"scale.compile={config.compile}"]
     return apply_overrides(loaded.recipe, overrides, dict(loaded.sources))

@@ -121,11 +121,13 @@ class Trainer:
         self.window: Optional[LogWindow] = None
         self.window_carried: Optional[dict] = None  # the log window a checkpoint was cut in
         self.fingerprint = checkpoints.fingerprint(plan.recipe, self.task.labels)
+        self.tracker_ids: dict[str, str] = {}  # the MLflow / W&B runs a checkpoint goes on in
+        self.outcome: Optional[str] = None  # finished | preempted, for the trackers
         self.resumed_from = self._resume()
         if self.is_main:
             self.rd.preempted.unlink(missing_ok=True)
-        self.metrics = (MetricsLog(self.rd.metrics, self.rd.tensorboard, after_step=self.step)
-                        if self.is_main else None)
+        self.metrics = (MetricsLog(plan, self.rd, after_step=self.step, run_ids=self.tracker_ids,
+                                   warn=self._warn) if self.is_main else None)
         self.trace = self._open_trace()
         self.preemption = Preemption(self.world)
         # `launcher bench`: time the loop, and train nothing else (no eval, checkpoint, export).
@@ -173,12 +175,16 @@ class Trainer:
             self.best_step = self.best[0]
         self.evals_since_best = state.get("evals_since_best", 0)
         self.window_carried = state.get("log_window")
+        self.tracker_ids = state.get("trackers") or {}
         log.info("resumed from %s (step %d, epoch %d, row %d)", path, self.step, self.epoch,
                  self.position.row)
         if self.is_main:
             self.console.print(f"[bold]resumed[/] from {path.name}: step {self.step} of "
                                f"{self.plan.total_steps}, epoch {self.epoch}", highlight=False)
         return self.step
+
+    def _warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
     def _class_weights(self) -> Optional[torch.Tensor]:
         weights = self.plan.class_weights
@@ -275,6 +281,7 @@ class Trainer:
                     break
         train_time = time.perf_counter() - start
         if timer:
+            self.outcome = "finished"
             return self._bench_result(timer)
         stopped_early = self.step < plan.total_steps
         if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
@@ -301,6 +308,7 @@ class Trainer:
     def _stop_preempted(self, progress) -> None:
         """Every rank saved this step; say so where the executor (and a person) will look."""
         signal_name = self.preemption.signal
+        self.outcome = "preempted"
         if self.is_main:
             checkpoints.write_atomic(self.rd.preempted, json.dumps(
                 {"step": self.step, "signal": signal_name,
@@ -357,7 +365,7 @@ class Trainer:
         if metrics is None:
             return None
         head = self.task.headline(metrics)
-        self.metrics.eval({"step": self.step, "loss": metrics["loss"], **head})
+        self.metrics.eval(self.step, metrics, self.rd.eval / f"step-{self.step:07d}")
         text = ", ".join(f"{k} {v:.4f}" for k, v in head.items())
         log.info("eval step %d %s", self.step, text)
         if progress:
@@ -372,7 +380,8 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else None,
                  "evals_since_best": self.evals_since_best, "saved_at": time.time(),
-                 "log_window": self.window.partial(self.accelerator) if self.window else None}
+                 "log_window": self.window.partial(self.accelerator) if self.window else None,
+                 "trackers": self.metrics.run_ids() if self.metrics else None}
         if self.best is not None:
             state["best"] = {"step": self.best[0], "metric": self.best_metric,
                              "value": self.best[1]}
@@ -409,6 +418,8 @@ class Trainer:
                                "value": self.best[1]}
         if self.is_main:
             self.rd.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            self.metrics.artifact(self.rd.summary)
+            self.outcome = "finished"
             if self.last_eval:
                 self.console.print(self.task.table(self.last_eval))
             self.console.print(summary_table(summary))
@@ -417,7 +428,7 @@ class Trainer:
     def close(self) -> None:
         self.preemption.close()
         if self.metrics:
-            self.metrics.close()
+            self.metrics.close(self.outcome or "failed")
         if self.trace:
             self.trace.close()
 

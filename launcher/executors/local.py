@@ -22,6 +22,7 @@ from rich.console import Console
 
 from launcher import plan as plan_mod
 from launcher import resume
+from launcher.engine import trackers
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
@@ -37,6 +38,7 @@ class LocalExecutor:
             raise RecipeError("scale.nodes", f"is {plan.nodes} but the local executor runs on one "
                               "machine", "use --nodes 1 here, or render the plan for a cluster "
                               "with `python -m launcher render`")
+        trackers.check(plan)
         return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from launcher import plan as plan_mod
 from launcher import resume
+from launcher.engine import trackers
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.plan.render import private, write_file
@@ -146,6 +147,7 @@ class SlurmExecutor:
                               "so the job could not take it from here",
                               f"export {missing[0]}=... before `launcher run`, or remove it "
                               "from slurm.pass_env")
+        trackers.check(plan)
         return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:

@@ -18,6 +18,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 TASK_TYPES = ("sequence_classification", "multi_label_classification", "token_classification",
               "question_answering")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 @section
@@ -165,6 +166,11 @@ class RunConfig:
                                          "reads to RUN_DIR/trace/rank{R}.txt")
     executor: Literal["local", "slurm"] = option("local", "where the job runs: this machine "
                                                           "(torchrun) or Slurm (submitit)")
+    report_to: tuple[Literal[TRACKERS], ...] = option(
+        ("tensorboard",), "experiment trackers rank 0 reports to, besides metrics.jsonl: "
+                          "tensorboard (RUN_DIR/tensorboard), mlflow (RUN_DIR/mlruns, or "
+                          "MLFLOW_TRACKING_URI), wandb (offline in RUN_DIR/wandb without "
+                          "WANDB_API_KEY); () for none")
 
 
 @section
