@@ -49,6 +49,10 @@ class Plan:
     class_weights: Optional[list[float]]
     # dotted field -> where its value came from, for `--explain`
     sources: dict[str, str]
+    # what the ranks train on, scale.device resolved: "cuda" or "cpu" (the engine refuses a
+    # cuda plan on a node without the GPUs instead of falling back to CPU). Plans written
+    # before scale.device existed read as "cpu".
+    device: str = "cpu"
 
     @property
     def derived(self) -> dict[str, Any]:
@@ -93,6 +97,13 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
     sources["scale.grad_accum"] = sources["scale.grad_accum"] if s.grad_accum else "derived"
     sources["scale.global_batch"] = sources["scale.global_batch"] if s.global_batch else "derived"
+    device, why = _device(recipe)
+    if why:
+        sources["scale.device"] = f"derived: {why}"
+    if device == "cpu" and s.precision == "fp16":
+        raise RecipeError("scale.precision", f"is fp16 but the plan trains on cpu "
+                          f"({why or 'scale.device=cpu'}), where fp16 does not train",
+                          "use scale.precision=bf16 or fp32 on CPU, or scale.device=cuda")
 
     train, eval_src = _sources(recipe, task)
     checks = {}
@@ -129,7 +140,25 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         has_eval=eval_src is not None, columns=dataclasses.asdict(task.cols),
         data_checks={k: v.to_dict() for k, v in checks.items()},
         class_weights=list(weights) if weights is not None else None, sources=sources,
+        device=device,
     )
+
+
+def _device(recipe: Recipe) -> tuple[str, Optional[str]]:
+    """scale.device resolved, and why when it was 'auto' (None when the recipe said)."""
+    wanted = recipe.scale.device
+    if wanted != "auto":
+        return wanted, None
+    if recipe.run.executor == "slurm":
+        return "cuda", "run.executor is slurm (GPU nodes)"
+    if recipe.scale.nodes > 1:
+        # The local executor runs one machine only: a multi-node plan is for a cluster.
+        return "cuda", f"scale.nodes is {recipe.scale.nodes} (a cluster's GPU nodes)"
+    import torch  # only here: building a plan otherwise needs no torch
+
+    if torch.cuda.is_available():
+        return "cuda", f"this machine has {torch.cuda.device_count()} GPU(s)"
+    return "cpu", "no GPU on this machine"
 
 
 def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:
