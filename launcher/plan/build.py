@@ -7,8 +7,10 @@ label the head cannot hold or a batch larger than the data is caught before anyt
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +156,22 @@ def _device(recipe: Recipe) -> tuple[str, Optional[str]]:
     if recipe.scale.nodes > 1:
         # The local executor runs one machine only: a multi-node plan is for a cluster.
         return "cuda", f"scale.nodes is {recipe.scale.nodes} (a cluster's GPU nodes)"
-    import torch  # only here: building a plan otherwise needs no torch
-
-    if torch.cuda.is_available():
-        return "cuda", f"this machine has {torch.cuda.device_count()} GPU(s)"
+    gpus = visible_gpus()
+    if gpus:
+        return "cuda", f"this machine has {gpus} GPU(s)"
     return "cpu", "no GPU on this machine"
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, found without importing torch (planning stays light);
+    the local executor asks torch itself before it launches a cuda plan."""
+    found = len(glob.glob("/dev/nvidia[0-9]*")) or len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [i for i in visible.split(",") if i.strip()]
+        # CUDA stops at the first invalid id; "-1" or "" hides every GPU
+        found = 0 if not ids or ids[0].strip().startswith("-") else min(found, len(ids))
+    return found
 
 
 def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:
