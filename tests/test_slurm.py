@@ -54,8 +54,8 @@ def scontrol_job(cluster, job: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
-# Timeouts here only catch a hung job: a 2-core machine shared with other work trains the
-# 150 steps in ~1 min when idle and took ~6 min at load average 20 (measured 2026-11-30).
+# Timeouts here only catch a hung job: on the 2-core machine at load average 20, the 150-step
+# 2-node run took 351 s (measured 2026-11-30).
 def wait_for(predicate, timeout: float, what: str, rd: RunDir) -> None:
     deadline = time.time() + timeout
     while not predicate():
