@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--executor", choices=["local", "slurm"],
                        help="where the job runs (sets run.executor)")
     sub.choices["render"].add_argument("--out", required=True, help="directory for the plan files")
-    sw = sub.add_parser("sweep", help="run every combination of some values: one job array "
-                                      "on Slurm, one run after another locally")
+    sw = sub.add_parser("sweep", help="run every combination of some values: job arrays on "
+                                      "Slurm (one per distinct Slurm request), one run after "
+                                      "another locally")
     sw.add_argument("recipe", help="recipe file")
     sw.add_argument("axes", nargs="+", metavar="section.field=v1,v2",
                     help="values to sweep, e.g. optim.lr=1e-5,2e-5 run.seed=1,2")

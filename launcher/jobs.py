@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
@@ -31,6 +32,9 @@ def slurm_state(job: str) -> dict[str, str]:
 
 
 def status_command(run_dir: str, console: Console) -> int:
+    sweep = Path(run_dir).expanduser() / "sweep.json"
+    if sweep.is_file():
+        return _sweep_status(sweep, console)
     rd, plan = open_run(run_dir)
     table = Table(title=f"Run {rd.root}", show_header=False, title_justify="left")
     job = job_id(rd)
@@ -40,8 +44,11 @@ def status_command(run_dir: str, console: Console) -> int:
                       + (f" on {state['NodeList']}" if state.get("NodeList") else "")
                       + (f", requeued {state['Restarts']} time(s)"
                          if state.get("Restarts", "0") != "0" else ""))
+    error = None if rd.summary.is_file() else rd.first_error()
     if rd.summary.is_file():
         table.add_row("state", "finished")
+    elif error is not None:
+        table.add_row("state", f"failed: rank {error[0]}: {error[1]}")
     elif rd.preempted.is_file():
         info = json.loads(rd.preempted.read_text())
         table.add_row("state", f"preempted at step {info['step']} ({info['signal']}); it goes "
@@ -59,6 +66,30 @@ def status_command(run_dir: str, console: Console) -> int:
         table.add_row("step", "no step logged yet")
     latest = rd.latest()
     table.add_row("last checkpoint", latest.name if latest else "none yet")
+    console.print(table)
+    return 0
+
+
+def _sweep_status(sweep: Path, console: Console) -> int:
+    """One row per point of a sweep: its job, state, step and loss."""
+    info = json.loads(sweep.read_text())
+    table = Table(title=f"Sweep {sweep.parent}", title_justify="left")
+    for col in ("point", "Slurm job", "state", "step", "loss", "run directory"):
+        table.add_column(col)
+    for point in info["points"]:
+        rd = RunDir(point["run_dir"])
+        job = point.get("job_id")
+        slurm = slurm_state(job).get("JobState", "gone from scontrol") if job else "-"
+        error = None if rd.summary.is_file() else rd.first_error()
+        state = ("finished" if rd.summary.is_file() else
+                 f"failed: rank {error[0]}: {error[1]}" if error else
+                 "preempted" if rd.preempted.is_file() else
+                 "started" if rd.metrics.is_file() else "not started")
+        lines = rd.metrics.read_text().splitlines() if rd.metrics.is_file() else []
+        last = json.loads(lines[-1]) if lines else None
+        table.add_row(point["point"], f"{job}: {slurm}" if job else "-", state,
+                      str(last["step"]) if last else "-",
+                      f"{last['loss']:.4f}" if last else "-", str(rd.root))
     console.print(table)
     return 0
 

@@ -29,6 +29,16 @@ class RunDir:
     def rank_error(self, rank: int) -> Path:
         return self.logs / f"rank{rank}.error"
 
+    def first_error(self) -> Optional[tuple[int, str]]:
+        """(rank, last line of its error file) of the rank that failed first, if any."""
+        errors = sorted(self.logs.glob("rank*.error"), key=lambda p: p.stat().st_mtime) \
+            if self.logs.is_dir() else []
+        for path in errors:
+            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                return int(path.stem.removeprefix("rank")), lines[-1].strip()
+        return None
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}"
 

@@ -1,8 +1,10 @@
 """`launcher sweep R.py optim.lr=1e-5,2e-5 run.seed=1,2`: every combination, one run each.
 
-On Slurm the points go in as one job array (submitit's batch submission, so each point is
-still requeued from its checkpoint when preempted); locally they run one after another. The
-command waits for them and prints one table of their final metrics.
+On Slurm the points go in as job arrays (submitit's batch submission, so each point is still
+requeued from its checkpoint when preempted), one array per distinct Slurm request: an array
+has one sbatch script, so points that differ in nodes, GPUs, CPUs, time or signal cannot share
+one. Locally they run one after another. The command waits for them and prints one table of
+their final metrics; SWEEP_DIR/sweep.json lists every point, for `launcher status SWEEP_DIR`.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[
             check_model(plan)
     console.print(f"sweep of {len(plans)} point(s) under {root}", highlight=False)
     if plans[0].recipe.run.executor == "slurm":
-        results = _on_slurm(plans, root, console)
+        results = _on_slurm(grid, plans, root, console)
     else:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "sweep.json").write_text(json.dumps({"points": [
+            {"point": " ".join(point), "run_dir": plan.run_dir, "job_id": None}
+            for point, plan in zip(grid, plans)]}, indent=2) + "\n")
         results = _locally(plans, console)
     _table(grid, plans, results, console)
     return 0 if all(isinstance(r, dict) for r in results) else 1
@@ -86,23 +92,69 @@ def _locally(plans, console: Console) -> list:
     return results
 
 
-def _on_slurm(plans, root: Path, console: Console) -> list:
+def groups(plans) -> list[list[int]]:
+    """Indices of the points that share one Slurm request, in order of first appearance."""
+    from launcher.executors import slurm
+
+    by_request: dict[str, list[int]] = {}
+    for i, plan in enumerate(plans):
+        by_request.setdefault(slurm.request(plan), []).append(i)
+    return list(by_request.values())
+
+
+def array_script(plan, folder: Path, count: int) -> str:
+    """The sbatch script submitit submits for `count` points of `plan`'s request."""
+    from launcher.executors import slurm
+
+    ex = slurm.executor_for(plan, folder)
+    if count > 1:  # submitit submits a lone point as a plain job, not an array
+        ex.parameters["map_count"] = count
+    return ex._make_submission_file_text(ex._submitit_command_str, "sweep")
+
+
+def _on_slurm(grid, plans, root: Path, console: Console) -> list:
     from launcher.executors import slurm
     from launcher.executors.slurm_job import NodeJob
+    from launcher.plan.render import private, write_file
     from launcher.run_dir import RunDir
 
     ex_slurm = slurm.SlurmExecutor()
     for plan in plans:
         ex_slurm.check(plan)
         ex_slurm.prepare(plan)
-    executor = slurm.executor_for(plans[0], root / "slurm" / "%j")
-    with slurm.submitting(plans[0]), executor.batch():
-        jobs = [executor.submit(NodeJob(str(RunDir(p.run_dir).plan), slurm.node_env(p),
-                                        p.recipe.checkpoint.grace_s)) for p in plans]
-    for plan, job in zip(plans, jobs):
-        slurm.record_job(RunDir(plan.run_dir), job.job_id)
-    console.print(f"[bold]submitted[/] job array {jobs[0].job_id.split('_')[0]} "
-                  f"({len(jobs)} tasks); waiting for them (Ctrl-C leaves them running)",
+        slurm.clear_outcome(RunDir(plan.run_dir))
+    jobs: list = [None] * len(plans)
+    arrays = []
+    for k, members in enumerate(groups(plans)):
+        folder = root / "slurm" / f"request-{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        first = plans[members[0]]
+        write_file(folder / "sbatch.sh", array_script(first, folder / "%j", len(members)),
+                   private=private(first))
+        executor = slurm.executor_for(first, folder / "%j")
+        with slurm.submitting(first), executor.batch():
+            submitted = [executor.submit(NodeJob(str(RunDir(plans[i].run_dir).plan),
+                                                 slurm.node_env(plans[i]),
+                                                 plans[i].recipe.checkpoint.grace_s))
+                         for i in members]
+        for i, job in zip(members, submitted):
+            jobs[i] = job
+            slurm.record_job(RunDir(plans[i].run_dir), job.job_id)
+        array_id = submitted[0].job_id.split("_")[0]
+        arrays.append({"job_id": array_id, "sbatch": str(folder / "sbatch.sh"),
+                       "points": [" ".join(grid[i]) for i in members]})
+        p = slurm.parameters(first)
+        console.print(f"[bold]submitted[/] {'job array' if len(members) > 1 else 'job'} "
+                      f"{array_id} ({len(members)} point(s): {p['nodes']} node(s) x "
+                      f"{first.procs_per_node}, {p.get('gpus_per_node', 0)} GPU(s) and "
+                      f"{p['cpus_per_task']} CPU(s) per node, {p['time']} min); "
+                      f"{folder / 'sbatch.sh'}", highlight=False)
+    (root / "sweep.json").write_text(json.dumps({
+        "points": [{"point": " ".join(point), "run_dir": plan.run_dir, "job_id": job.job_id}
+                   for point, plan, job in zip(grid, plans, jobs)],
+        "arrays": arrays}, indent=2) + "\n")
+    console.print(f"waiting for {len(jobs)} point(s) in {len(arrays)} submission(s) (Ctrl-C "
+                  f"leaves them running; `python -m launcher status {root}` follows them)",
                   highlight=False)
     while not all(job.done() for job in jobs):
         time.sleep(2)

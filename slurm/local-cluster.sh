@@ -12,7 +12,11 @@
 # Why it exists: the launcher's Slurm path (sbatch/srun, multi-node jobs, requeue on
 # preemption) should be exercised against the real Slurm daemons, not a mock. One slurmctld
 # and two slurmd (nodes n1 and n2, both on 127.0.0.1, on different ports) are enough for a
-# 2-node job with one task per node (each node has 2 CPUs, the same 2 of this machine).
+# 2-node job with one task per node (each node claims 4 CPUs, all of them this machine's).
+# Each node also has 2 GPUs for Slurm to hand out (GRES): character devices under DIR/dev
+# standing in for /dev/nvidia*, so jobs asking --gpus-per-node=2 are scheduled and see
+# CUDA_VISIBLE_DEVICES and SLURM_GPUS_ON_NODE; torch still sees no CUDA there. Making them
+# needs root (mknod); without it the nodes have no GPUs and the script says so.
 # Partition "debug" is the default; jobs sent to partition "urgent" preempt debug jobs by
 # requeueing them, like a real cluster reclaiming nodes. Debian's packages are used as they
 # are; this script installs nothing (see slurm/README.md for the apt-get line).
@@ -123,6 +127,40 @@ nodes_idle() { # true when every node of the cluster reports idle
     [[ $(grep -c ' idle$' <<<"$out") -eq ${#NODES[@]} ]]
 }
 
+# --- GPU stand-ins -------------------------------------------------------------------------
+
+GPUS_PER_NODE=2
+GRES=0   # set by make_gpus: 1 when the device files exist
+
+# slurmd's gres/gpu plugin wants a character or block device per GPU (a plain file is refused:
+# "is not a valid character or block device"); one with /dev/null's numbers is enough.
+make_gpus() {
+    local i
+    rm -rf -- "$DIR/dev"
+    mkdir -p "$DIR/dev"
+    for ((i = 0; i < ${#NODES[@]} * GPUS_PER_NODE; i++)); do
+        mknod "$DIR/dev/nvidia$i" c 1 3 2>/dev/null || {
+            rm -rf -- "$DIR/dev"
+            say "cannot mknod $DIR/dev/nvidia$i (not root?): nodes get no GPUs (GRES)"
+            return 0
+        }
+    done
+    GRES=1
+}
+
+write_gres_conf() {
+    local i n first
+    {
+        echo "# Written by slurm/local-cluster.sh: $GPUS_PER_NODE stand-in GPUs per node."
+        echo "AutoDetect=off"
+        for i in "${!NODES[@]}"; do
+            n=${NODES[$i]}
+            first=$((i * GPUS_PER_NODE))
+            echo "NodeName=$n Name=gpu File=$DIR/dev/nvidia[$first-$((first + GPUS_PER_NODE - 1))]"
+        done
+    } >"$DIR/gres.conf"
+}
+
 # --- slurm.conf ------------------------------------------------------------------------------
 
 write_conf() {
@@ -131,6 +169,14 @@ write_conf() {
     # parentheses means nothing ever needs DNS.
     host=$(hostname -s)
     user=$(id -un)
+    local gres_types="" gres=""
+    if ((GRES)); then
+        write_gres_conf
+        gres_types="GresTypes=gpu"
+        gres="Gres=gpu:$GPUS_PER_NODE"
+    else
+        rm -f -- "$DIR/gres.conf"
+    fi
     cat >"$CONF" <<EOF
 # Written by slurm/local-cluster.sh: a two-node cluster on one machine. Edits are lost on \`up\`.
 ClusterName=launcher
@@ -164,8 +210,11 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 # Both slurmd sit on the same cores: trust the node lines below instead of probing the
-# hardware, so the nodes register the same way on any machine (even a 1-core one).
+# hardware, so the nodes register the same way on any machine (even a 1-core one). 4 CPUs
+# per node lets a job ask --cpus-per-task for 2 processes and their data workers.
 SlurmdParameters=config_overrides
+# GPUs: stand-in device files listed in gres.conf beside this file (empty without root).
+$gres_types
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 
@@ -186,8 +235,8 @@ MinJobAge=60
 # A node that was down comes back by itself when its slurmd registers again.
 ReturnToService=2
 
-NodeName=${NODES[0]} NodeHostname=$host NodeAddr=127.0.0.1 Port=$NODE_PORT CPUs=2 RealMemory=4000 State=UNKNOWN
-NodeName=${NODES[1]} NodeHostname=$host NodeAddr=127.0.0.1 Port=$((NODE_PORT + 1)) CPUs=2 RealMemory=4000 State=UNKNOWN
+NodeName=${NODES[0]} NodeHostname=$host NodeAddr=127.0.0.1 Port=$NODE_PORT CPUs=4 RealMemory=4000 $gres State=UNKNOWN
+NodeName=${NODES[1]} NodeHostname=$host NodeAddr=127.0.0.1 Port=$((NODE_PORT + 1)) CPUs=4 RealMemory=4000 $gres State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2
 EOF
@@ -235,6 +284,7 @@ cmd_up() {
     mkdir -p "$DIR/state" "$DIR/run" "$DIR/log"
     for n in "${NODES[@]}"; do mkdir -p "$DIR/spool/$n"; done   # slurmd does not create it
     for p in "$DIR"/log/*.log; do [[ -e $p ]] && mv -f -- "$p" "$p.1"; done
+    make_gpus
     write_conf
 
     local t0
@@ -310,7 +360,7 @@ cmd_status() {
     done
     n=$(running_count)
     if ((n == 1 + ${#NODES[@]})) && command -v sinfo >/dev/null; then
-        sinfo -N -p debug -o '%N %T %c %m' || true
+        sinfo -N -p debug -o '%N %T %c %m %G' || true
         nodes_idle || say "up, but not every node is idle"
         print_export
         return 0

@@ -98,7 +98,8 @@ def test_bert_large_global_batch_1024_doubles_accumulation(tmp_path):
 
 GOLDEN_CASES = {
     "bert_large_ag_news": (BERT_LARGE, ["--nodes", "2", "--gpus-per-node", "8"]),
-    "tiny_news": (TINY, ["--nproc-per-node", "2"]),
+    # scale.device said, so the golden does not depend on whether this machine has a GPU
+    "tiny_news": (TINY, ["--nproc-per-node", "2", "scale.device=cpu"]),
 }
 
 
@@ -128,6 +129,35 @@ def test_golden(tmp_path, name):
             expected.splitlines(keepends=True), text.splitlines(keepends=True),
             fromfile=f"golden/{name}/{file_name}", tofile="rendered"))
         assert text == expected, f"{file_name} differs (UPDATE_GOLDEN=1 to accept):\n{diff}"
+
+
+# The flagship job's sbatch.sh as we expect Slurm to get it: the GPUs (one per process), CPUs
+# for every process and its data workers, the time limit and the warning signal; and the same
+# job on CPU nodes (no GPUs) with the request changed through the recipe's slurm section.
+SBATCH_CASES = {
+    "sbatch.sh": [],
+    "sbatch-cpu-mem.sh": ["scale.device=cpu", "slurm.cpus_per_task=32", "slurm.mem=200G",
+                          "slurm.time_min=240", "slurm.partition=cpu"],
+}
+
+
+@pytest.mark.parametrize("file_name", sorted(SBATCH_CASES))
+def test_golden_sbatch(file_name):
+    from launcher.executors.slurm import sbatch_script
+
+    plan = plan_mod.build(load(BERT_LARGE, ["run.executor=slurm", "scale.nodes=2",
+                                            "run.output_dir=/golden/run",
+                                            *SBATCH_CASES[file_name]]))
+    text = sbatch_script(plan).replace(sys.executable, "<PYTHON>")
+    golden = GOLDEN / "bert_large_ag_news_slurm" / file_name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+        pytest.skip(f"UPDATE_GOLDEN=1: wrote {golden}; review the diff")
+    diff = "".join(difflib.unified_diff(golden.read_text().splitlines(keepends=True),
+                                        text.splitlines(keepends=True),
+                                        fromfile=str(golden), tofile="rendered"))
+    assert text == golden.read_text(), f"{file_name} differs (UPDATE_GOLDEN=1 to accept):\n{diff}"
 
 
 # --- c. the owning libraries read the files back ----------------------------------------------
@@ -194,7 +224,8 @@ def test_deepspeed_accepts_every_zero_config(tmp_path):
         for i, precision in enumerate(PRECISIONS):
             # Every other combination with accumulation: 32 x 2 x 2 ranks = 128.
             batch = ["scale.global_batch=128"] if i % 2 else []
-            add(TINY, ["scale.procs_per_node=2", f"scale.strategy={strategy}",
+            # cuda: fp16 is refused on a cpu plan (these configs are only read, not trained)
+            add(TINY, ["scale.procs_per_node=2", "scale.device=cuda", f"scale.strategy={strategy}",
                        f"scale.precision={precision}", *batch], f"tiny-{strategy}-{precision}")
     # The 16-rank plan, checked through an mpu reporting its data-parallel size.
     add(BERT_LARGE, ["scale.nodes=2", "scale.procs_per_node=8"], "bert-large-512")

@@ -18,10 +18,12 @@ from conftest import REPO, TINY, cli_env
 from launcher.run_dir import RunDir
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
-# 150 steps (about 2.5 epochs): long enough to be signalled while training.
+# 150 steps (about 2.5 epochs): long enough to be signalled while training. The nodes' GPUs
+# are stand-ins (torch sees no CUDA), so runs that train say scale.device=cpu: under Slurm,
+# auto means cuda.
 ARGS = ["--executor", "slurm", "--nodes", "2", "run.max_steps=150", "run.epochs=None",
         "checkpoint.every=50", "eval.every=0", "run.log_every=1", "slurm.time_min=10",
-        "checkpoint.grace_s=60"]
+        "checkpoint.grace_s=60", "scale.device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,8 @@ def scontrol_job(cluster, job: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
+# Timeouts here only catch a hung job: on the 2-core machine at load average 20, the 150-step
+# 2-node run took 351 s (measured 2026-11-30).
 def wait_for(predicate, timeout: float, what: str, rd: RunDir) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -79,7 +83,7 @@ def finished(cluster, tmp_path_factory):
         nodes.append(scontrol_job(cluster, job).get("NodeList"))
         return rd.summary.is_file()
 
-    wait_for(done, 240, "the job to finish", rd)
+    wait_for(done, 600, "the job to finish", rd)
     return rd, job, nodes
 
 
@@ -101,12 +105,12 @@ def test_usr1_checkpoints_requeues_and_finishes_with_the_same_weights(cluster, f
     ref, _, _ = finished
     rd, job = submit(cluster, tmp_path / "run")
     wait_for(lambda: rd.metrics.is_file() and len(rd.metrics.read_text().splitlines()) >= 5,
-             180, "training to start", rd)
+             400, "training to start", rd)
     subprocess.run(["scancel", "--signal=USR1", "--full", job], env={**os.environ, **cluster},
                    check=True)
     wait_for(lambda: (rd.root / "preempted.json").is_file() or rd.latest() is not None, 60,
              "the preemption checkpoint", rd)
-    wait_for(lambda: rd.summary.is_file(), 240, "the requeued job to finish", rd)
+    wait_for(lambda: rd.summary.is_file(), 600, "the requeued job to finish", rd)
     summary = json.loads(rd.summary.read_text())
     assert summary["resumed_from"] is not None and 5 <= summary["resumed_from"] < 150
     assert int(scontrol_job(cluster, job).get("Restarts", "0")) >= 1
@@ -123,21 +127,90 @@ def test_status_logs_and_cancel(cluster, finished):
     assert logs.returncode == 0 and "rank 1 of 2" in logs.stdout
 
 
-def test_sweep_of_three_points_runs_as_one_array(cluster, tmp_path):
+def test_cuda_plan_gets_gpus_on_both_nodes_and_is_refused_without_cuda(cluster, tmp_path):
+    """auto is cuda under Slurm: the job asks for a GPU per process, Slurm gives both nodes
+    theirs (GRES stand-ins), and every rank, seeing no CUDA, refuses with one line."""
+    out = tmp_path / "run"
+    proc = launcher(cluster, "run", TINY, "--executor", "slurm", "--nodes", "2",
+                    "--nproc-per-node", "2", "run.max_steps=2", "run.epochs=None",
+                    "slurm.time_min=10", "checkpoint.grace_s=60", f"run.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rd = RunDir(out)
+    job = json.loads(rd.slurm_job.read_text())["job_id"]
+    assert "#SBATCH --gpus-per-node=2" in (rd.plan / "sbatch.sh").read_text()
+    wait_for(lambda: scontrol_job(cluster, job).get("JobState") not in
+             ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None), 300,
+             "the job to end", rd)
+    state = scontrol_job(cluster, job)
+    assert state["JobState"] == "FAILED" and state["NodeList"] == "n[1-2]", state
+    nodes = set()
+    for rank in range(4):
+        log = rd.rank_log(rank).read_text()
+        refused = [ln for ln in log.splitlines() if "refused:" in ln]
+        assert len(refused) == 1 and "Traceback" not in log, log
+        line = refused[0]
+        # Slurm's allocation as each node's task saw it, and what the plan expected
+        assert "CUDA_VISIBLE_DEVICES=0,1" in line and "SLURM_GPUS_ON_NODE=2" in line, line
+        assert "2 rank(s) on this node" in line and "no CUDA device" in line, line
+        nodes.add(line.split("Slurm node ")[1].split(",")[0])
+        assert rd.rank_error(rank).read_text().strip() in line
+    assert nodes == {"n1", "n2"}
+    assert not rd.metrics.exists() and not rd.checkpoints.exists()  # nothing was built
+    status = launcher(cluster, "status", out)
+    assert status.returncode == 0 and f"{job}: FAILED" in status.stdout, status.stdout
+    assert "failed: rank" in status.stdout and "CUDA_VISIBLE_DEVICES=0,1" in status.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr + status.stdout + status.stderr
+
+
+def test_sweep_points_with_the_same_request_share_one_array():
+    from launcher.plan import build
+    from launcher.recipe.load import load
+    from launcher.sweep import array_script, groups, points
+
+    grid = points(["scale.procs_per_node=1,2", "optim.lr=1e-3,2e-3", "slurm.time_min=5,10"])
+    plans = [build(load(TINY, ["run.executor=slurm", *p, f"run.output_dir=/sweep/{i}"]))
+             for i, p in enumerate(grid)]
+    split = groups(plans)
+    assert len(split) == 4 and all(len(g) == 2 for g in split)
+    for members in split:  # the two points of an array differ only in the learning rate
+        a, b = (plans[i].recipe for i in members)
+        assert (a.scale.procs_per_node, a.slurm.time_min) == (b.scale.procs_per_node,
+                                                              b.slurm.time_min)
+        assert a.optim.lr != b.optim.lr
+    script = array_script(plans[split[0][0]], Path("/sweep/slurm/%j"), 2)
+    assert "#SBATCH --array=0-1%2" in script and "%A_%a" in script
+
+
+def test_sweep_gives_each_slurm_request_its_own_submission(cluster, tmp_path):
     out = tmp_path / "sweep"
-    proc = launcher(cluster, "sweep", TINY, "optim.lr=1e-3,2e-3,3e-3", "--executor", "slurm",
-                    "--set", "run.max_steps=10", "--set", "run.epochs=None", "--set",
-                    "slurm.time_min=10", "--set", "checkpoint.grace_s=60", "--out", out,
-                    timeout=400)
+    proc = launcher(cluster, "sweep", TINY, "scale.procs_per_node=1,2", "slurm.time_min=5,10",
+                    "--executor", "slurm", "--set", "scale.device=cpu", "--set",
+                    "run.max_steps=2", "--set", "run.epochs=None", "--set", "run.log_every=1",
+                    "--set", "checkpoint.grace_s=60", "--set", "data.eval=none",
+                    "--out", out, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "job array" in proc.stdout
-    jobs = {json.loads((d / "slurm" / "job.json").read_text())["job_id"]
-            for d in out.iterdir() if (d / "slurm").is_dir()}
-    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1
-    for lr in ("1e-3", "2e-3", "3e-3"):
-        assert f"optim.lr={lr}" in proc.stdout  # a row of the table per point
-        summary = json.loads((out / f"lr={lr}" / "summary.json").read_text())
-        assert summary["steps"] == 10 and summary["world_size"] == 1
+    info = json.loads((out / "sweep.json").read_text())
+    assert len(info["points"]) == 4 and len(info["arrays"]) == 4
+    assert len({p["job_id"].split("_")[0] for p in info["points"]}) == 4
+    for array in info["arrays"]:
+        (point,) = array["points"]
+        procs, minutes = (int(v.split("=")[1]) for v in point.split())
+        script = Path(array["sbatch"]).read_text()
+        assert f"#SBATCH --time={minutes}\n" in script and "--nodes=1" in script
+        assert f"#SBATCH --cpus-per-task={procs}\n" in script  # procs x (0 workers + 1)
+        assert "gpus" not in script  # a cpu plan asks for no GPUs
+        job = array["job_id"]
+        submitted = Path(array["sbatch"]).parent / job / f"{job}_submission.sh"
+        assert submitted.read_text() == script  # what the sweep wrote is what Slurm got
+        summary = json.loads((out / point.replace("scale.", "").replace("slurm.", "")
+                              .replace(" ", "_") / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary["world_size"] == procs
+        assert f"{point}" in proc.stdout  # a row of the table per point
+    status = launcher(cluster, "status", out)
+    assert status.returncode == 0, status.stderr
+    for p in info["points"]:
+        row = next(ln for ln in status.stdout.splitlines() if p["point"] in ln)
+        assert p["job_id"] in row and "finished" in row and p["run_dir"] in row
 
 
 def test_mistakes_are_caught_before_submission(cluster, tmp_path):
@@ -145,7 +218,9 @@ def test_mistakes_are_caught_before_submission(cluster, tmp_path):
     cases = [
         (["slurm.partition=gpu-big"], "slurm.partition", "debug"),
         (["slurm.time_min=1", "checkpoint.grace_s=60"], "slurm.time_min", "grace_s"),
-        (["slurm.gpus_per_node=8"], "slurm.gpus_per_node", "scale.procs_per_node"),
+        (["scale.device=cuda", "slurm.gpus_per_node=8"], "slurm.gpus_per_node",
+         "scale.procs_per_node"),
+        (["slurm.gpus_per_node=1"], "slurm.gpus_per_node", "scale.device=cuda"),
     ]
     for extra, field, fix in cases:
         proc = launcher(cluster, "run", TINY, *ARGS, f"run.output_dir={out}", *extra)

@@ -46,6 +46,17 @@ def main(argv: list[str]) -> int:
     logging.getLogger("launcher.engine").info(
         "rank %d of %s on %s%s", rank, os.environ.get("WORLD_SIZE", "1"), socket.gethostname(),
         f" (Slurm node {where}, job {os.environ.get('SLURM_JOB_ID')})" if where else "")
+    from launcher.engine import device
+    try:
+        device.check(plan)  # before the heavy imports and before anything is built
+    except device.DeviceUnavailable as err:
+        # One line, no traceback: in this rank's log, its error file (`launcher status` shows
+        # it) and, from rank 0, on the terminal (other ranks' stderr is their log already).
+        logging.getLogger("launcher.engine").error("refused: %s", err)
+        rd.rank_error(rank).write_text(f"{err}\n")
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers

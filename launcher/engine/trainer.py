@@ -45,13 +45,14 @@ _SHARDED = ("zero3", "zero3_offload", "fsdp")
 
 
 def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
-    cpu = not torch.cuda.is_available()
+    # The plan says (engine/device.py refused a cuda plan on a node without the GPUs).
+    cpu = plan.device == "cpu"
     if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed guesses, and says so
     strategy, precision = plan.recipe.scale.strategy, plan.recipe.scale.precision
     if cpu and precision == "fp16":
-        raise ValueError("scale.precision is fp16 but there is no GPU here; use bf16 or fp32 "
-                         "on CPU")
+        raise ValueError("scale.precision is fp16 but the plan trains on cpu; use bf16 or "
+                         "fp32 on CPU")
     kwargs: dict[str, Any] = {}
     if strategy.startswith("zero"):
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(plan_dir / "deepspeed.json"),

@@ -54,14 +54,30 @@ def parameters(plan: Plan) -> dict[str, Any]:
     params = {
         "job_name": plan.name, "nodes": plan.nodes, "ntasks_per_node": 1, "time": s.time_min,
         "partition": s.partition, "account": s.account, "qos": s.qos,
-        "constraint": s.constraint, "gpus_per_node": s.gpus_per_node,
-        "cpus_per_task": s.cpus_per_task, "mem": s.mem,
+        "constraint": s.constraint, "gpus_per_node": gpus_per_node(plan),
+        "cpus_per_task": cpus_per_task(plan), "mem": s.mem,
         "exclusive": True if s.exclusive else None,
         # Slurm sends SIGUSR1 this long before the time limit: the ranks save in that time.
         "signal_delay_s": c.grace_s, "setup": setup or None,
+        # Slurm 22.05's srun does not take --cpus-per-task from the job (SLURM_CPUS_PER_TASK):
+        # without it, a cluster that binds tasks to cores would give the step one CPU.
+        "srun_args": [f"--cpus-per-task={cpus_per_task(plan)}"],
         "additional_parameters": extra or None,
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+def gpus_per_node(plan: Plan) -> Optional[int]:
+    """GPUs each node asks for: one per process on a cuda plan, none on a cpu plan."""
+    if plan.device != "cuda":
+        return None
+    return plan.recipe.slurm.gpus_per_node or plan.procs_per_node
+
+
+def cpus_per_task(plan: Plan) -> int:
+    """CPUs for a node's one task: each process and its DataLoader workers get a core."""
+    s, d = plan.recipe.slurm, plan.recipe.data
+    return s.cpus_per_task or plan.procs_per_node * (d.num_workers + 1)
 
 
 # Slurm's warning before the time limit, as submitit's handler and our ranks expect it. It is
@@ -112,6 +128,19 @@ def submitting(plan: Plan) -> Iterator[None]:
             os.environ.pop("SLURM_UMASK", None)
 
 
+def clear_outcome(rd: RunDir) -> None:
+    """What an earlier attempt left must not be read as this job's outcome."""
+    rd.preempted.unlink(missing_ok=True)
+    for stale in rd.logs.glob("rank*.error"):
+        stale.unlink()
+
+
+def request(plan: Plan) -> str:
+    """What the job asks Slurm for, as a key: points of a sweep with the same key can share
+    one job array (one sbatch script); any difference needs an array of its own."""
+    return json.dumps(parameters(plan), sort_keys=True)
+
+
 def sbatch_script(plan: Plan) -> str:
     ex = executor_for(plan)
     return ex._make_submission_file_text(ex._submitit_command_str, "render")
@@ -134,6 +163,17 @@ class SlurmExecutor:
                               f"is warned checkpoint.grace_s={c.grace_s} s before its end to save",
                               f"set slurm.time_min above {2 * c.grace_s // 60 + 1}, or lower "
                               "checkpoint.grace_s")
+        if s.gpus_per_node is not None and plan.device == "cpu":
+            raise RecipeError("slurm.gpus_per_node", f"is {s.gpus_per_node} but the plan "
+                              f"trains on cpu (scale.device={plan.recipe.scale.device}), so the "
+                              "GPUs would sit idle", "remove slurm.gpus_per_node, or set "
+                              "scale.device=cuda")
+        if s.gpus_per_node is not None and s.gpus_per_node < plan.procs_per_node:
+            raise RecipeError("slurm.gpus_per_node", f"is {s.gpus_per_node} but the plan runs "
+                              f"{plan.procs_per_node} process(es) per node on cuda, one GPU "
+                              "each; every node would refuse to start",
+                              f"set slurm.gpus_per_node={plan.procs_per_node} (or leave it "
+                              f"unset), or scale.procs_per_node={s.gpus_per_node}")
         if s.gpus_per_node is not None and s.gpus_per_node > plan.procs_per_node:
             raise RecipeError("slurm.gpus_per_node", f"is {s.gpus_per_node} but the plan runs "
                               f"{plan.procs_per_node} process(es) per node (scale.procs_per_node; "
@@ -161,7 +201,7 @@ class SlurmExecutor:
         from launcher.executors.slurm_job import NodeJob
 
         rd = RunDir(plan.run_dir)
-        rd.preempted.unlink(missing_ok=True)
+        clear_outcome(rd)
         with submitting(plan):
             job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
                                                     plan.recipe.checkpoint.grace_s))

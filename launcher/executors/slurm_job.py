@@ -57,8 +57,10 @@ class NodeJob(submitit.helpers.Checkpointable):
         if rd.preempted.is_file():
             return {"preempted": json.loads(rd.preempted.read_text())}
         if rc != 0:
+            error = rd.first_error()
             raise RuntimeError(f"torchrun on {os.environ.get('SLURMD_NODENAME')} exited with "
-                               f"{rc}; see {rd.logs}")
+                               f"{rc}" + (f": rank {error[0]}: {error[1]}" if error else "")
+                               + f"; see {rd.logs}")
         return json.loads(rd.summary.read_text()) if rd.summary.is_file() else {}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

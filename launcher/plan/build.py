@@ -7,8 +7,10 @@ label the head cannot hold or a batch larger than the data is caught before anyt
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -50,6 +52,10 @@ class Plan:
     class_weights: Optional[list[float]]
     # dotted field -> where its value came from, for `--explain`
     sources: dict[str, str]
+    # what the ranks train on, scale.device resolved: "cuda" or "cpu" (the engine refuses a
+    # cuda plan on a node without the GPUs instead of falling back to CPU). Plans written
+    # before scale.device existed read as "cpu".
+    device: str = "cpu"
 
     @property
     def derived(self) -> dict[str, Any]:
@@ -94,6 +100,13 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
     sources["scale.grad_accum"] = sources["scale.grad_accum"] if s.grad_accum else "derived"
     sources["scale.global_batch"] = sources["scale.global_batch"] if s.global_batch else "derived"
+    device, why = _device(recipe)
+    if why:
+        sources["scale.device"] = f"derived: {why}"
+    if device == "cpu" and s.precision == "fp16":
+        raise RecipeError("scale.precision", f"is fp16 but the plan trains on cpu "
+                          f"({why or 'scale.device=cpu'}), where fp16 does not train",
+                          "use scale.precision=bf16 or fp32 on CPU, or scale.device=cuda")
 
     train, eval_src = _sources(recipe, task)
     checks = {}
@@ -130,6 +143,7 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         has_eval=eval_src is not None, columns=dataclasses.asdict(task.cols),
         data_checks={k: v.to_dict() for k, v in checks.items()},
         class_weights=list(weights) if weights is not None else None, sources=sources,
+        device=device,
     )
 
 
@@ -138,6 +152,34 @@ def safe_name(stem: str) -> str:
     run directory, the Slurm job and torchrun's rendezvous."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("._-")
     return name or "run"
+
+
+def _device(recipe: Recipe) -> tuple[str, Optional[str]]:
+    """scale.device resolved, and why when it was 'auto' (None when the recipe said)."""
+    wanted = recipe.scale.device
+    if wanted != "auto":
+        return wanted, None
+    if recipe.run.executor == "slurm":
+        return "cuda", "run.executor is slurm (GPU nodes)"
+    if recipe.scale.nodes > 1:
+        # The local executor runs one machine only: a multi-node plan is for a cluster.
+        return "cuda", f"scale.nodes is {recipe.scale.nodes} (a cluster's GPU nodes)"
+    gpus = visible_gpus()
+    if gpus:
+        return "cuda", f"this machine has {gpus} GPU(s)"
+    return "cpu", "no GPU on this machine"
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, found without importing torch (planning stays light);
+    the local executor asks torch itself before it launches a cuda plan."""
+    found = len(glob.glob("/dev/nvidia[0-9]*")) or len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [i for i in visible.split(",") if i.strip()]
+        # CUDA stops at the first invalid id; "-1" or "" hides every GPU
+        found = 0 if not ids or ids[0].strip().startswith("-") else min(found, len(ids))
+    return found
 
 
 def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:

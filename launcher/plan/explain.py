@@ -19,7 +19,8 @@ def explain(plan: Plan, console: Console) -> None:
         section = getattr(plan.recipe, name)
         for f in dataclasses.fields(section):
             key = f"{name}.{f.name}"
-            value = plan.derived.get(f.name) if plan.sources.get(key) == "derived" else getattr(section, f.name)
+            derived = plan.sources.get(key, "").startswith("derived")  # "derived: why"
+            value = plan.derived.get(f.name) if derived else getattr(section, f.name)
             table.add_row(key, repr(value), plan.sources.get(key, "default"))
     for key, value in plan.derived.items():
         table.add_row(f"plan.{key}", repr(value), "derived")

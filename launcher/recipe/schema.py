@@ -19,6 +19,7 @@ TASK_TYPES = ("sequence_classification", "multi_label_classification", "token_cl
               "question_answering")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
+DEVICES = ("auto", "cuda", "cpu")
 
 
 @section
@@ -109,6 +110,10 @@ class ScaleConfig:
         "off", "torch.compile the model (ddp): 'default', 'reduce-overhead' (CUDA graphs: "
                "fewer kernel launches, the cost that dominates small batches) or "
                "'max-autotune'")
+    device: Literal[DEVICES] = option(
+        "auto", "what the ranks train on: 'cuda' (one GPU per process; a node without enough "
+                "GPUs refuses to start) or 'cpu' (gloo); 'auto' is cuda for Slurm jobs and "
+                "multi-node plans, else cuda when this machine has a GPU and cpu otherwise")
     gpu: Optional[str] = option(None, "the GPU the job gets, e.g. 'H100-80GB' or 'A100-40GB': "
                                       "a recipe whose model states will not fit is warned "
                                       "about before launch (see `launcher plan-memory`)")
@@ -183,9 +188,11 @@ class SlurmConfig:
                                "timed-out job is requeued and goes on from its checkpoint")
     constraint: Optional[str] = option(None, "node features (--constraint), e.g. 'a100'")
     gpus_per_node: Optional[int] = option(None, "GPUs per node (--gpus-per-node); default: "
-                                                "scale.procs_per_node on a GPU cluster, none "
-                                                "on CPU nodes")
-    cpus_per_task: Optional[int] = option(None, "CPUs for each node's task (--cpus-per-task)")
+                                                "scale.procs_per_node when scale.device is "
+                                                "cuda, none when it is cpu")
+    cpus_per_task: Optional[int] = option(None, "CPUs for each node's task (--cpus-per-task); "
+                                                "default: scale.procs_per_node x "
+                                                "(data.num_workers + 1)")
     mem: Optional[str] = option(None, "memory per node (--mem), e.g. '200G'")
     exclusive: bool = option(False, "whole nodes only (--exclusive)")
     extra_sbatch: tuple[str, ...] = option(doc="more '#SBATCH' options, e.g. ('--reservation=x',)",
