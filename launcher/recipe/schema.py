@@ -108,6 +108,9 @@ class ScaleConfig:
         "off", "torch.compile the model (ddp): 'default', 'reduce-overhead' (CUDA graphs: "
                "fewer kernel launches, the cost that dominates small batches) or "
                "'max-autotune'")
+    timeout_s: int = option(1800, "seconds a collective may wait for the other ranks before the "
+                                  "job fails (the process group's timeout): a dead or stuck "
+                                  "node ends the job instead of hanging it")
     gpu: Optional[str] = option(None, "the GPU the job gets, e.g. 'H100-80GB' or 'A100-40GB': "
                                       "a recipe whose model states will not fit is warned "
                                       "about before launch (see `launcher plan-memory`)")
