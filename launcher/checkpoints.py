@@ -52,12 +52,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe(paths: list[Path], root: Path, rank: int) -> dict[str, dict[str, Any]]:
-    """Manifest entries for the files `rank` wrote; hashed on threads (hashlib lets go of the
-    GIL)."""
+def describe(paths: list[Path], root: Path,
+             rank: Optional[int] = None) -> dict[str, dict[str, Any]]:
+    """Manifest entries for `paths` (the files `rank` wrote); hashed on threads (hashlib lets
+    go of the GIL)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(sha256, paths))
-    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": d, "rank": rank}
+    who = {} if rank is None else {"rank": rank}
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": d, **who}
             for p, d in zip(paths, digests)}
 
 

@@ -111,8 +111,8 @@ def accelerate_command(plan: Plan, plan_dir: Path) -> str:
     # accelerate 1.x takes rdzv_backend from its own CLI default (static), never from the
     # config file: c10d must be on the command line, like each node's rank and the address.
     return (f'accelerate launch --config_file {config} --machine_rank "$NODE_RANK" '
-            f'--main_process_ip "$MASTER_ADDR" --main_process_port "${{MASTER_PORT:-{DEFAULT_PORT}}}" '
-            f"--rdzv_backend c10d {engine}")
+            f'--main_process_ip "$MASTER_ADDR" '
+            f'--main_process_port "${{MASTER_PORT:-{DEFAULT_PORT}}}" --rdzv_backend c10d {engine}')
 
 
 def launch_script(plan: Plan, plan_dir: Path) -> str:
@@ -135,10 +135,13 @@ def launch_script(plan: Plan, plan_dir: Path) -> str:
                       f'--rdzv-endpoint "$MASTER_ADDR:${{MASTER_PORT:-{DEFAULT_PORT}}}" '
                       '${RDZV_ID:+--rdzv-id "$RDZV_ID"} --node-rank "$NODE_RANK"')
         last = plan.nodes - 1
+        script = shlex.quote(str(plan_dir / "launch.sh"))
         header += [
-            f"# Run it once on each of the {plan.nodes} nodes, with the same MASTER_ADDR (the address of",
-            f"# node 0) and this node's NODE_RANK (0 to {last}; Slurm's SLURM_NODEID stands in for it):",
-            f"#   MASTER_ADDR=node0.example NODE_RANK=0 bash {shlex.quote(str(plan_dir / 'launch.sh'))}",
+            f"# Run it once on each of the {plan.nodes} nodes, with the same MASTER_ADDR (the "
+            "address of",
+            f"# node 0) and this node's NODE_RANK (0 to {last}; Slurm's SLURM_NODEID stands in "
+            "for it):",
+            f"#   MASTER_ADDR=node0.example NODE_RANK=0 bash {script}",
             "# The same job through accelerate, on each node (export the PET_*, TORCH_* and NCCL_*",
             "# variables below first for the same signal handling):",
             f"#   {accelerate_command(plan, plan_dir)}",
@@ -146,8 +149,8 @@ def launch_script(plan: Plan, plan_dir: Path) -> str:
         checks = [
             ': "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0 (the same on every node)}"',
             'NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-}}"',
-            f': "${{NODE_RANK:?set NODE_RANK to the index of this node, 0 to {last} (0 on MASTER_ADDR; '
-            'under Slurm, SLURM_NODEID sets it)}"',
+            f': "${{NODE_RANK:?set NODE_RANK to the index of this node, 0 to {last} '
+            '(0 on MASTER_ADDR; under Slurm, SLURM_NODEID sets it)}"',
         ]
     timeout = plan.recipe.checkpoint.grace_s
     return "\n".join([
