@@ -177,7 +177,11 @@ def test_nodes_started_by_launch_sh_and_by_accelerate_train_as_one_world(tmp_pat
                               ["bash", str(plan_dir / "launch.sh")], cwd=tmp_path,
                               env={**env, "NODE_RANK": str(node)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for node in range(3)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()  # (already gone unless it timed out)
     assert all(node.returncode == 0 for node in nodes), "".join(o[-2000:] for o in outputs)
     rd = RunDir(tmp_path / "run")
     summary = json.loads(rd.summary.read_text())
