@@ -1,9 +1,10 @@
 """Which checkpoint a run can trust, without torch: manifests, LATEST, and the fallback.
 
 A checkpoint directory is published by one rename after every rank has written its files,
-and its `manifest.json` lists each file with its size and sha256. A reader starts from the
-checkpoint LATEST names, verifies it against its manifest, and walks back to older complete
-checkpoints when a file is missing, truncated or changed -- with a warning that names it.
+and its `manifest.json` lists each file with its size, its sha256 and the rank that wrote it.
+A reader starts from the checkpoint LATEST names, verifies it against its manifest, and walks
+back to older complete checkpoints when a file is missing, truncated or changed -- with a
+warning that names it.
 """
 
 from __future__ import annotations
@@ -51,16 +52,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe(paths: list[Path], root: Path) -> dict[str, dict[str, Any]]:
-    """Manifest entries for `paths`; hashed on threads (hashlib lets go of the GIL)."""
+def describe(paths: list[Path], root: Path,
+             rank: Optional[int] = None) -> dict[str, dict[str, Any]]:
+    """Manifest entries for `paths` (the files `rank` wrote); hashed on threads (hashlib lets
+    go of the GIL)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(sha256, paths))
-    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": d}
+    who = {} if rank is None else {"rank": rank}
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": d, **who}
             for p, d in zip(paths, digests)}
-
-
-def files_of(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def write_manifest(directory: Path, step: int, entries: dict[str, dict[str, Any]]) -> None:

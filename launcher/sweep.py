@@ -81,14 +81,18 @@ def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[
 
 
 def _locally(plans, console: Console) -> list:
-    from launcher.executors.local import LocalExecutor
+    from launcher.executors.local import EXIT_INTERRUPTED, LocalExecutor
 
     results = []
     for plan in plans:
+        if "Ctrl-C" in results:
+            results.append("not run (Ctrl-C)")  # Ctrl-C stops the sweep, not one point
+            continue
         ex = LocalExecutor()
         ex.check(plan)
         rc = ex.run(plan, ex.prepare(plan), console)
-        results.append(_summary(plan) if rc == 0 else f"exit status {rc}")
+        results.append(_summary(plan) if rc == 0 else
+                       "Ctrl-C" if rc == EXIT_INTERRUPTED else f"exit status {rc}")
     return results
 
 

@@ -20,6 +20,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, cli_env, launcher
+from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher import checkpoints
 from launcher.run_dir import RunDir
 
@@ -178,6 +179,8 @@ def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world)
     summary = json.loads(rd.summary.read_text())
     assert summary["steps"] == 41 and summary["world_size"] == world
     assert [r[0] for r in steps_logged(rd)] == list(range(1, 42))
+    # The last checkpoint was written by `world` ranks: the manifest holds what each wrote.
+    assert_manifest_is_what_each_rank_wrote(rd.latest(), world=world, strategy="ddp")
 
 
 def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path):
@@ -222,6 +225,7 @@ def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path)
 
     ckpt = reference.latest()
     assert checkpoints.problem(ckpt) is None
+    assert_manifest_is_what_each_rank_wrote(ckpt, world=2, strategy="ddp")
     kinds = {p.suffix or p.name for p in ckpt.rglob("*") if p.is_file()}
     assert kinds <= {".metadata", ".distcp", ".json", ".safetensors"}, kinds
     # DCP would torch.load(weights_only=False) a bytes entry: there must be none.

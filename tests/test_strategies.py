@@ -22,6 +22,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, cli_env
+from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher import checkpoints
 from launcher.run_dir import RunDir
 
@@ -70,6 +71,8 @@ def _assert_own_format(ckpt: Path, strategy: str) -> None:
         assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= names
         assert not any(n.startswith("deepspeed/") for n in names)
     assert checkpoints.problem(ckpt) is None  # the manifest covers the strategy's files
+    if strategy in ("zero1", "zero2", "fsdp"):
+        assert_manifest_is_what_each_rank_wrote(ckpt, world=2, strategy=strategy)
 
 
 @pytest.mark.parametrize("strategy", [*ZERO, "fsdp"])

@@ -10,8 +10,10 @@ Layout of `checkpoints/step-N/`:
   trainer_state.json   step, data position, scheduler, grad scaler, best eval, recipe print
   manifest.json        size and sha256 of every file above, written last
 
-Ranks write into `step-N.tmp/`; after a barrier they hash the files between them, rank 0
-writes the manifest, renames the directory and then replaces LATEST atomically. Nothing is
+Ranks write into `step-N.tmp/`; each rank hashes exactly the files it wrote itself (no rank
+lists a directory: on NFS or Lustre another node's listing can be stale) and sends the entries
+to rank 0, which writes the manifest from them, renames the directory and then replaces LATEST
+atomically. Nothing is
 loaded with pickle: tensors come from DCP (`torch.load(weights_only=True)` per tensor, and its
 metadata through an unpickler that knows only DCP's own classes), the rest from JSON and
 safetensors.
@@ -25,15 +27,16 @@ import os
 import pickle
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_state_dict)
 
@@ -75,6 +78,58 @@ class _SafeReader(FileSystemReader):
         return metadata
 
 
+class _RecordingFileSystem(FileSystem):
+    """DCP's file system, remembering the files this rank wrote (after DCP's own renames)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[Path] = []
+
+    @contextmanager
+    def create_stream(self, path: Any, mode: str):
+        if "w" in mode or "a" in mode:
+            self.written.append(Path(path))
+        with super().create_stream(path, mode) as stream:
+            yield stream
+
+    def rename(self, path: Any, new_path: Any) -> None:
+        super().rename(path, new_path)
+        self.written = [Path(new_path) if p == Path(path) else p for p in self.written]
+
+
+def _save_dcp(state: dict[str, Any], directory: Path) -> list[Path]:
+    """DCP's collective save; the files this rank wrote (its shard; the coordinator's
+    .metadata too)."""
+    writer = dcp.FileSystemWriter(str(directory))
+    writer.fs = recorder = _RecordingFileSystem()
+    dcp.save(state, storage_writer=writer)
+    return recorder.written
+
+
+def _save_deepspeed(model: Any, directory: Path) -> list[Path]:
+    """DeepSpeed's collective save; the files this rank wrote: what went through its checkpoint
+    engine (this rank's ZeRO shard, the model states where DeepSpeed writes them) and, on
+    global rank 0, the recovery scripts DeepSpeed copies beside them."""
+    engine = model.checkpoint_engine
+    written: list[Path] = []
+    save = engine.save
+
+    def recording_save(state_dict: Any, path: str) -> Any:
+        written.append(Path(path))
+        return save(state_dict, path)
+
+    engine.save = recording_save
+    try:
+        # No `latest` file: loading names the tag.
+        model.save_checkpoint(str(directory), tag="state", save_latest=False)
+    finally:
+        del engine.save  # the class's method again
+    if model.global_rank == 0:
+        written += [p for p in (directory / "zero_to_fp32.py", directory / "zero_to_torch.py")
+                    if p.is_file()]  # this rank's own copies, not a listing
+    return written
+
+
 def _uses_deepspeed(model: Any) -> bool:
     return hasattr(model, "save_checkpoint") and hasattr(model, "load_checkpoint")
 
@@ -85,8 +140,9 @@ def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
-         optimizer: Any, keep_last: int, best: bool = False) -> Path:
-    """Write, verify-hash and publish step-N on every rank together (a collective)."""
+         optimizer: Any, keep_last: int, best: bool = False, group: Any = None) -> Path:
+    """Write, hash and publish step-N on every rank together (a collective). `group`: a gloo
+    group of every rank for the manifest's entries (host objects; default: the world)."""
     final = rd.checkpoint(step)
     tmp = final.with_name(final.name + ".tmp")
     rank, world = acc.process_index, acc.num_processes
@@ -95,29 +151,35 @@ def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
         (tmp / "rng").mkdir(parents=True)
     acc.wait_for_everyone()
     if _uses_deepspeed(model):
-        model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+        written = _save_deepspeed(model, tmp / "deepspeed")
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
         tensors, groups = _split(optim_sd)
-        dcp.save({"model": model_sd, "optim": tensors},
-                 storage_writer=dcp.FileSystemWriter(str(tmp / "dcp")))
+        written = _save_dcp({"model": model_sd, "optim": tensors}, tmp / "dcp")
         if acc.is_main_process:
             checkpoints.write_atomic(tmp / "optim_groups.json", json.dumps(groups) + "\n")
+            written.append(tmp / "optim_groups.json")
     _save_rng(tmp / "rng" / f"rank{rank}.safetensors")
+    written.append(tmp / "rng" / f"rank{rank}.safetensors")
     if acc.is_main_process:
         checkpoints.write_atomic(tmp / checkpoints.STATE, json.dumps(state, indent=2) + "\n")
+        written.append(tmp / checkpoints.STATE)
     faults.at("save", step=step, rank=rank)
-    acc.wait_for_everyone()
-    # Every rank hashes a share of the files; rank 0 writes the manifest from all shares.
-    files = checkpoints.files_of(tmp)
-    mine = checkpoints.describe(files[rank::world], tmp)
-    shares: list[Any] = [None] * world
+    # Each rank hashes what it wrote; rank 0 gets every rank's entries once all have written.
+    mine = checkpoints.describe(written, tmp, rank=rank)
+    shares: Optional[list[Any]] = [None] * world if acc.is_main_process else None
     if world > 1:
-        dist.all_gather_object(shares, mine)
+        dist.gather_object(mine, shares, dst=0, group=group)
     else:
         shares = [mine]
     if acc.is_main_process:
-        entries = {k: v for share in shares for k, v in share.items()}
+        entries: dict[str, dict[str, Any]] = {}
+        for share in shares:
+            for name, entry in share.items():
+                if name in entries:
+                    raise RuntimeError(f"ranks {entries[name]['rank']} and {entry['rank']} both "
+                                       f"wrote {tmp / name}")
+                entries[name] = entry
         checkpoints.write_manifest(tmp, step, entries)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -59,7 +59,7 @@ def _worker_init(_: int) -> None:
     # torchrun stops a rank by signalling its whole process group, DataLoader workers
     # included; a preemption signal is the rank's to handle (it finishes the step and saves,
     # still reading from its workers), so the workers ignore it. They end with the rank.
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
 
 

@@ -1,11 +1,13 @@
-"""Preemption: SIGTERM or SIGUSR1 on any rank stops every rank at the same step.
+"""Preemption: SIGTERM, SIGUSR1 or SIGINT on any rank stops every rank at the same step.
 
 Slurm signals before a time limit or a preemption (`--signal=USR1@grace`), a user or a
-scheduler sends SIGTERM, and torchrun forwards what it gets -- but one rank may be told while
-the others are not (Lightning#20806). The handler only sets a flag. Once per step every rank
-puts its flag into an all-reduce (MAX) on a gloo group of its own, started without waiting
-and read one step later, so the step never waits on it; all ranks read the same result at
-the same step and stop there together. A second signal while saving changes nothing.
+scheduler sends SIGTERM, Ctrl-C sends SIGINT, and torchrun forwards what it gets -- but one
+rank may be told while the others are not (Lightning#20806). The handler only sets a flag.
+Once per step every rank puts its flag into an all-reduce (MAX) on a gloo group of its own,
+started without waiting and read one step later, so the step never waits on it; all ranks
+read the same result at the same step and stop there together. A second SIGTERM or SIGUSR1
+while saving changes nothing; a second SIGINT (Ctrl-C twice) aborts this rank at once, and
+the last complete checkpoint stays in charge.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preemption:
@@ -31,6 +33,8 @@ class Preemption:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # asked twice: stop now, not after the save
         self.received = self.received or signal.Signals(signum).name
 
     def agreed(self) -> bool:

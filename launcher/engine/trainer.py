@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,7 +63,8 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["BertLayer"], reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT")
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu else []
+    timeout = timedelta(seconds=plan.recipe.scale.timeout_s)
+    handlers = [InitProcessGroupKwargs(timeout=timeout, **({"backend": "gloo"} if cpu else {}))]
     # Accelerator(cpu=True) quietly turns a DeepSpeed plugin into plain DDP; DeepSpeed runs on
     # CPU through its own CPU accelerator (DS_ACCELERATOR=cpu) when accelerate is not told cpu.
     accelerator = Accelerator(cpu=cpu and "deepspeed_plugin" not in kwargs,
@@ -77,6 +79,18 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
         raise RuntimeError(f"the plan is for {plan.world_size} processes but this one sees "
                            f"{accelerator.num_processes}; launch it with plan/launch.sh")
     return accelerator
+
+
+def _log_process_group(device: torch.device) -> None:
+    """What the process group really got (scale.timeout_s goes through accelerate)."""
+    if not torch.distributed.is_initialized():
+        return
+    try:
+        backend = torch.distributed.group.WORLD._get_backend(device)
+        timeout = f"{backend.options._timeout.total_seconds():.0f} s"
+    except (AttributeError, RuntimeError):  # private API: the timeout is only informative
+        timeout = "unknown"
+    log.info("process group: %s, timeout %s", torch.distributed.get_backend(), timeout)
 
 
 class Trainer:
@@ -98,6 +112,7 @@ class Trainer:
             # checkpoints and exports do not know it was compiled.
             model.compile(mode=plan.recipe.scale.compile, dynamic=False)
         self.accelerator = build_accelerator(plan, plan_dir)
+        _log_process_group(self.accelerator.device)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.console = Console()
@@ -389,7 +404,8 @@ class Trainer:
         began = time.perf_counter()
         path = checkpoint.save(self.accelerator, self.rd, step=self.step, state=state,
                                model=self.model, optimizer=self.optimizer.optimizer,
-                               keep_last=self.plan.recipe.checkpoint.keep_last, best=best)
+                               keep_last=self.plan.recipe.checkpoint.keep_last, best=best,
+                               group=self.preemption.group)
         seconds = time.perf_counter() - began
         log.info("checkpoint %s%s in %.1f s", path, " (best)" if best else "", seconds)
         grace = self.plan.recipe.checkpoint.grace_s

@@ -1,8 +1,16 @@
 """Run a plan on this machine: torchrun with N processes, rank 0 live on the terminal.
 
 stdout is inherited so rank 0's progress bar stays live (rich needs a terminal); stderr is
-relayed line by line so that, when a rank dies, torchrun's own failure summary can be read to
-name the rank even if it died too hard to write its own error file.
+relayed line by line (and kept in RUN_DIR/logs/torchrun.log) so that, when a rank dies,
+torchrun's own failure summary can be read to name the rank even if it died too hard to write
+its own error file.
+
+Signals: torchrun runs in a session of its own, so the terminal's Ctrl-C reaches this process
+only, which decides. The first SIGINT, SIGTERM or SIGUSR1 is passed to torchrun, which passes
+it to every rank: they finish the step, save it and exit (a preemption). From then on the
+terminal gets none of torchrun's stderr (its SignalException traceback goes to torchrun.log).
+Ctrl-C again kills torchrun and every rank at once; LATEST still names the last complete
+checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGQUIT)
 _ROOT_CAUSE_RANK = re.compile(r"rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
@@ -68,40 +78,104 @@ class LocalExecutor:
         rd.preempted.unlink(missing_ok=True)
         for stale in rd.logs.glob("rank*.error"):
             stale.unlink()
+        # A session of its own: the terminal's signals come to this process only (see above).
         proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
-                                stderr=subprocess.PIPE, text=True, errors="replace")
+                                stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True)
         tail: deque[str] = deque(maxlen=200)
-        relay = threading.Thread(target=_relay, args=(proc.stderr, tail), daemon=True)
-        relay.start()
-        # A preemption signal sent to this process goes to torchrun, which passes it to every
-        # rank; the ranks save a checkpoint and stop together.
-        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
-                    for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        relay = _Relay(proc.stderr, tail, rd.logs / "torchrun.log")
+        stop = _Stop(proc, relay, console)
+        previous = {sig: signal.signal(sig, stop.handle) for sig in _FORWARDED}
         try:
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
             rc = proc.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         relay.join(timeout=5)
-        if rd.preempted.is_file():
+        ctrl_c = stop.first == "SIGINT" or stop.aborted
+        if rd.preempted.is_file() and not stop.aborted:
             info = json.loads(rd.preempted.read_text())
+            if ctrl_c:
+                console.print(f"saved step {info['step']}; `launcher resume {rd.root}` goes on",
+                              highlight=False, soft_wrap=True)
+                return EXIT_INTERRUPTED
             console.print(f"[bold yellow]preempted[/] ({info['signal']}) at step {info['step']}; "
                           f"checkpoint {info['checkpoint']} saved. Continue with: python -m "
                           f"launcher resume {rd.root}", highlight=False, soft_wrap=True)
             return resume.EXIT_PREEMPTED
+        if ctrl_c:
+            latest = rd.latest()
+            kept = (f"the last complete checkpoint is {latest.name}; `launcher resume {rd.root}` "
+                    "goes on from it" if latest else "no checkpoint was saved")
+            console.show_cursor(True)  # rank 0's progress bar may have died hiding it
+            console.print(f"\n[bold yellow]{'aborted' if stop.aborted else 'stopped'}[/]: {kept}",
+                          highlight=False, soft_wrap=True)
+            return EXIT_INTERRUPTED
         if rc != 0:
             _report_failure(rd, list(tail), rc, plan.world_size)
         return rc
 
 
-def _relay(stream, tail: deque) -> None:
-    for line in stream:
-        tail.append(line)
-        sys.stderr.write(line)
-        sys.stderr.flush()
+class _Stop:
+    """What this process does with a signal while torchrun runs."""
+
+    def __init__(self, proc: subprocess.Popen, relay: "_Relay", console: Console):
+        self.proc, self.relay, self.console = proc, relay, console
+        self.first: Optional[str] = None
+        self.aborted = False
+
+    def handle(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.first is None:
+            self.first = name
+            self.relay.quiet = True  # torchrun's traceback for the signal goes to its log only
+            if signum == signal.SIGINT:
+                self.console.print("\n[bold yellow]stopping[/]: every rank saves the step it is "
+                                   "on (Ctrl-C again aborts at once)", highlight=False,
+                                   soft_wrap=True)
+            self.proc.send_signal(signum)  # torchrun passes it to every rank
+        elif signum == signal.SIGINT and not self.aborted:
+            self.aborted = True
+            _kill_tree(self.proc.pid)
+        # Any other second signal changes nothing: the ranks are saving already.
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and everything under it (the ranks are in sessions of their own, so
+    no process group holds them all)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+class _Relay(threading.Thread):
+    """torchrun's (and the ranks') stderr: kept in `log`, shown on the terminal until quiet."""
+
+    def __init__(self, stream, tail: deque, log: Path):
+        super().__init__(daemon=True)
+        self.stream, self.tail, self.log = stream, tail, log
+        self.quiet = False
+        self.start()
+
+    def run(self) -> None:
+        with self.log.open("a") as log:
+            for line in self.stream:
+                self.tail.append(line)
+                log.write(line)
+                log.flush()
+                if not self.quiet:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
 
 
 def threads_per_rank(procs: int) -> str:

@@ -70,7 +70,11 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
         "debug": False,
     }
     if plan.nodes > 1:
-        config.update({"main_process_ip": "127.0.0.1", "main_process_port": DEFAULT_PORT})
+        # No machine_rank or main_process_ip: they differ per node, and a value here would be
+        # taken on every node (node 1 starting a rendezvous of its own on 127.0.0.1). Each node
+        # passes its own on the command line (accelerate_command).
+        del config["machine_rank"]
+        config["main_process_port"] = DEFAULT_PORT
     if strategy in ZERO_STAGES:
         # With a DeepSpeed file, accelerate takes precision and batch sizes from the file.
         config.update({
@@ -100,31 +104,69 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
     return config
 
 
+def accelerate_command(plan: Plan, plan_dir: Path) -> str:
+    """The job through `accelerate launch`, as a shell command to run on every node."""
+    config = shlex.quote(str(plan_dir / "accelerate.yaml"))
+    engine = f"-m launcher.engine {shlex.quote(str(plan_dir / 'plan.json'))}"
+    if plan.nodes == 1:
+        return f"accelerate launch --config_file {config} {engine}"
+    # accelerate 1.x takes rdzv_backend from its own CLI default (static), never from the
+    # config file: c10d must be on the command line, like each node's rank and the address.
+    return (f'accelerate launch --config_file {config} --machine_rank "$NODE_RANK" '
+            f'--main_process_ip "$MASTER_ADDR" '
+            f'--main_process_port "${{MASTER_PORT:-{DEFAULT_PORT}}}" --rdzv_backend c10d {engine}')
+
+
 def launch_script(plan: Plan, plan_dir: Path) -> str:
     plan_json = shlex.quote(str(plan_dir / "plan.json"))
-    if plan.nodes == 1:
-        rendezvous = "--standalone"
-    else:
-        # One agent per node meets the others at the first node of the allocation; the
-        # executor (or the user) sets MASTER_ADDR / MASTER_PORT / RDZV_ID for the job.
-        rendezvous = ('--rdzv-backend c10d '
-                      f'--rdzv-endpoint "${{MASTER_ADDR:-127.0.0.1}}:${{MASTER_PORT:-{DEFAULT_PORT}}}" '
-                      '--rdzv-id "${RDZV_ID:-$RUN_NAME}"')
-    return "\n".join([
+    header = [
         "#!/usr/bin/env bash",
         f"# Rendered by launcher from {_comment(plan.recipe_path)}; render again rather than edit.",
         f"# World: {plan.nodes} node(s) x {plan.procs_per_node} process(es) = {plan.world_size}.",
-        "# The same job through accelerate:",
-        f"#   accelerate launch --config_file "
-        f"{_comment(shlex.quote(str(plan_dir / 'accelerate.yaml')))} -m launcher.engine "
-        f"{_comment(plan_json)}",
+    ]
+    if plan.nodes == 1:
+        rendezvous = "--standalone"
+        header += ["# The same job through accelerate:",
+                   f"#   {_comment(accelerate_command(plan, plan_dir))}"]
+        checks = []
+    else:
+        # One agent per node meets the others at the first node (c10d rendezvous on
+        # MASTER_ADDR:MASTER_PORT). Under Slurm, launcher's job sets MASTER_ADDR, MASTER_PORT
+        # and RDZV_ID, and Slurm sets SLURM_NODEID; by hand, set MASTER_ADDR and NODE_RANK.
+        rendezvous = ('--rdzv-backend c10d '
+                      f'--rdzv-endpoint "$MASTER_ADDR:${{MASTER_PORT:-{DEFAULT_PORT}}}" '
+                      '${RDZV_ID:+--rdzv-id "$RDZV_ID"} --node-rank "$NODE_RANK"')
+        last = plan.nodes - 1
+        script = shlex.quote(str(plan_dir / "launch.sh"))
+        header += [
+            f"# Run it once on each of the {plan.nodes} nodes, with the same MASTER_ADDR (the "
+            "address of",
+            f"# node 0) and this node's NODE_RANK (0 to {last}; Slurm's SLURM_NODEID stands in "
+            "for it):",
+            f"#   MASTER_ADDR=node0.example NODE_RANK=0 bash {_comment(script)}",
+            "# The same job through accelerate, on each node (export the PET_*, TORCH_* and NCCL_*",
+            "# variables below first for the same signal handling):",
+            f"#   {_comment(accelerate_command(plan, plan_dir))}",
+        ]
+        checks = [
+            ': "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0 (the same on every node)}"',
+            'NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-}}"',
+            f': "${{NODE_RANK:?set NODE_RANK to the index of this node, 0 to {last} '
+            '(0 on MASTER_ADDR; under Slurm, SLURM_NODEID sets it)}"',
+        ]
+    timeout = plan.recipe.checkpoint.grace_s
+    return "\n".join([
+        *header,
         "set -euo pipefail",
-        # Every value from a recipe or a path is shlex-quoted, never inside double quotes.
-        f"RUN_NAME={shlex.quote(plan.name)}",
+        *checks,
         "# Signals torchrun passes on to every rank (Slurm warns with SIGUSR1), and how long the",
         "# ranks get to save a checkpoint before torchrun kills them (checkpoint.grace_s).",
         'export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"',
-        f'export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${{TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-{plan.recipe.checkpoint.grace_s}}}"',
+        f'export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${{TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-{timeout}}}"',
+        "# NCCL: a failed or stuck collective ends the job (after scale.timeout_s) instead of",
+        "# hanging it; warnings only. The environment wins (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...).",
+        ': "${TORCH_NCCL_ASYNC_ERROR_HANDLING:=1}"; export TORCH_NCCL_ASYNC_ERROR_HANDLING',
+        ': "${NCCL_DEBUG:=WARN}"; export NCCL_DEBUG',
         '# torchrun, from the interpreter that has launcher installed',
         f'exec "${{PYTHON:-python3}}" -m torch.distributed.run {rendezvous} \\',
         f"  --nnodes {plan.nodes} --nproc-per-node {plan.procs_per_node} \\",

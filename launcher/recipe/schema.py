@@ -114,6 +114,9 @@ class ScaleConfig:
         "auto", "what the ranks train on: 'cuda' (one GPU per process; a node without enough "
                 "GPUs refuses to start) or 'cpu' (gloo); 'auto' is cuda for Slurm jobs and "
                 "multi-node plans, else cuda when this machine has a GPU and cpu otherwise")
+    timeout_s: int = option(1800, "seconds a collective may wait for the other ranks before the "
+                                  "job fails (the process group's timeout): a dead or stuck "
+                                  "node ends the job instead of hanging it")
     gpu: Optional[str] = option(None, "the GPU the job gets, e.g. 'H100-80GB' or 'A100-40GB': "
                                       "a recipe whose model states will not fit is warned "
                                       "about before launch (see `launcher plan-memory`)")

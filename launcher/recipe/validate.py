@@ -81,6 +81,7 @@ def validate(recipe: Recipe) -> None:
                     ("data.train_examples", d.train_examples), ("scale.nodes", s.nodes),
                     ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
                     ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
+                    ("scale.timeout_s", s.timeout_s),
                     ("checkpoint.keep_last", c.keep_last), ("checkpoint.grace_s", c.grace_s),
                     ("eval.micro_batch", e.micro_batch),
                     ("eval.max_examples", e.max_examples), ("run.max_steps", r.max_steps),
