@@ -43,6 +43,7 @@ def _plan(tmp: Path, strategy: str, nodes: int = 2, procs: int = 2, **extra: str
     out = tmp / "plan"
     overrides = [f"scale.nodes={nodes}", f"scale.procs_per_node={procs}",
                  f"scale.strategy={strategy}", f"run.output_dir={tmp / 'run'}",
+                 "scale.device=cpu",  # auto is cuda for several nodes; these nodes have none
                  *(f"{k}={v}" for k, v in extra.items())]
     plan_mod.write(plan_mod.build(load(TINY, overrides)), out)
     return out

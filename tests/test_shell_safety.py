@@ -75,14 +75,18 @@ def test_launch_sh_passes_paths_and_names_literally(tmp_path):
     launch = out / "launch.sh"
     assert subprocess.run(["bash", "-n", str(launch)]).returncode == 0
     bindir = _bin(tmp_path, "fake-python", 'printf "%s\\n" "$@"\n')
-    env = dict(os.environ, PYTHON=str(bindir / "fake-python"), MASTER_ADDR="10.0.0.1")
+    env = dict(os.environ, PYTHON=str(bindir / "fake-python"), MASTER_ADDR="10.0.0.1",
+               NODE_RANK="1")
     env.pop("RDZV_ID", None)
     proc = subprocess.run(["bash", str(launch)], env=env, capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     args = proc.stdout.split("\n")[:-1]
     assert args[-1] == str(out / "plan.json")  # the exact path, quotes and all
-    assert args[args.index("--rdzv-id") + 1] == plan.name
+    # No rendezvous id unless RDZV_ID says one: accelerate's per-node form cannot pass one,
+    # and both forms must meet.
+    assert "--rdzv-id" not in args
+    assert args[args.index("--node-rank") + 1] == "1"
     assert args[args.index("--rdzv-endpoint") + 1] == "10.0.0.1:29500"
     assert not any(m.exists() for m in markers)
 
