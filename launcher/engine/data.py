@@ -1,29 +1,38 @@
-"""Streams of tokenized batches: training split per example, evaluation split per batch.
+"""Tokenized batches: training in each epoch's order, evaluation split per batch.
 
-Training is one global stream per epoch, the same for every world size: the non-empty rows
-in file order, cut into global micro batches of world x micro_batch examples, of which rank r
-takes every world-th example starting at r. So optimizer step s always trains on examples
-[s x global_batch, (s+1) x global_batch) of the epoch, whatever the world size, and the
-stream's position after a step is one number every rank knows without talking to the
-others: the row just past that step's last example. A resumed run (on any world size) skips
-to it on HF's arrow path without encoding a row, and reads the very next example.
+Training is one global order per epoch, the same for every world size. Prepared data (local
+files, hub splits without data.streaming) is the split as memory-mapped Arrow with the list of
+its non-empty rows, found once at preparation time; epoch e's order is a permutation of those
+rows seeded by (run.seed, e) (file order with data.shuffle=false). The order is cut into global
+micro batches of world x micro_batch examples, of which rank r takes every world-th example
+starting at r, and reads just those rows by index. So optimizer step s always trains on
+examples [s x global_batch, (s+1) x global_batch) of the epoch's order, whatever the world
+size, and the position after a step is (epoch, examples consumed), which every rank knows
+without talking to the others. A resume (on any world size) recomputes the epoch's order and
+goes on from that example: nothing before it is read.
 
-Every rank reads every row but encodes only its own, in the DataLoader's workers (worker w
-encodes global micro batches w, w + workers, ...; the DataLoader hands them back in order).
+A stream (data.streaming=true) is read in file order; every rank reads every row but encodes
+only its own, and a resume skips to the row just past the saved step on HF's arrow path.
 
-Evaluation is exact at any world size: every rank reads the whole eval stream, cuts it into
-batches of eval_micro_batch examples in file order and keeps batch b when b % world == rank.
-So every example is scored exactly once, each batch holds the same examples (and gives the
-same logits) whatever the world size, and each rank knows how many batches the others have --
-which lets sharded models (ZeRO-3, FSDP) run the same number of forwards on every rank.
+DataLoader worker w of a rank encodes global micro batches w, w + workers, ... (the DataLoader
+hands them back in order).
+
+Evaluation is exact at any world size: the eval examples (all non-empty rows, or a sample of
+eval.max_examples of them seeded by run.seed, in file order) are cut into batches of
+eval_micro_batch and rank r scores batch b when b % world == r. So every example is scored
+exactly once, each batch holds the same examples (and gives the same logits) whatever the
+world size, and each rank knows how many batches the others have -- which lets sharded models
+(ZeRO-3, FSDP) run the same number of forwards on every rank.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -31,6 +40,9 @@ from launcher import sources
 from launcher.engine import packing
 from launcher.plan.build import Plan
 from launcher.tasks import Task
+
+
+log = logging.getLogger("launcher.engine")
 
 
 class DataError(ValueError):
@@ -42,8 +54,8 @@ class Position:
     """Where the training stream stands at a step boundary; saved in every checkpoint."""
 
     epoch: int = 0
-    row: int = 0       # rows of this epoch's file read, empty ones included
-    examples: int = 0  # non-empty examples trained on this epoch, over all ranks
+    row: int = 0       # streams: rows of this epoch's file read, empty ones included
+    examples: int = 0  # examples of this epoch's order trained on, over all ranks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +65,20 @@ def open_source(name: str, split: str, plan: Plan):
     d = plan.recipe.data
     src = sources.resolve(name, config=d.dataset_config, split=split)
     return sources.open_stream(src, streaming=d.streaming)
+
+
+def prepare(name: str, split: str, plan: Plan, task: Task) -> sources.Prepared:
+    d = plan.recipe.data
+    src = sources.resolve(name, config=d.dataset_config, split=split)
+    text = [c for c in (task.cols.text, task.cols.pair) if c is not None]
+    return sources.prepare(src, text, task.is_empty)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Positions 0..n-1 in epoch `epoch`'s order: the same on every rank and world size."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def _worker_init(_: int) -> None:
@@ -70,8 +96,9 @@ def _loader_generator() -> torch.Generator:
 
 
 class TrainEpoch(IterableDataset):
-    """This rank's micro batches of one epoch, from a row on; each batch carries `row_end`,
-    the row just past the last example of its global micro batch."""
+    """A stream: this rank's micro batches of one epoch, from a row on; each batch carries
+    `row_end`, the row just past the last example of its global micro batch, and `decoded`,
+    the rows this worker turned into Python for it (every row: it reads them all)."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int, world: int,
                  start_row: int, max_batches: Optional[int], pack_to: Optional[int] = None,
@@ -86,9 +113,10 @@ class TrainEpoch(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         width = self.world * self.micro
         chunk: list[tuple[int, dict]] = []
-        made = 0
+        made, seen, counted = 0, 0, 0
         for index, row in enumerate(sources.iter_rows(self.rows, self.start_row),
                                     start=self.start_row):
+            seen += 1
             if self.task.is_empty(row):
                 continue
             chunk.append((index, row))
@@ -102,6 +130,7 @@ class TrainEpoch(IterableDataset):
                     batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
                                                    self.pack_rows_multiple)
                 batch["row_end"] = index + 1
+                batch["decoded"], counted = seen - counted, seen
                 yield batch
             made, chunk = made + 1, []
             if made == self.max_batches:
@@ -109,35 +138,118 @@ class TrainEpoch(IterableDataset):
         # A last global micro batch short of `width` is dropped on every rank alike.
 
 
+class IndexedEpoch(IterableDataset):
+    """Prepared data: this rank's micro batches of one epoch. `order` holds the row indices
+    of the global micro batches still to train, in order; this rank reads only its own rows
+    and says how many in each batch's `decoded`."""
+
+    def __init__(self, prepared: sources.Prepared, order: np.ndarray, task: Task,
+                 tokenizer: Any, micro: int, rank: int, world: int,
+                 pack_to: Optional[int] = None, pack_rows_multiple: int = 1):
+        self.prepared, self.order, self.task, self.tokenizer = prepared, order, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        for g in range(worker, len(self.order) // width, workers):
+            mine = self.order[g * width + self.rank:(g + 1) * width:self.world].tolist()
+            rows = self.prepared.read(mine)
+            batch = self.task.encode(rows, self.tokenizer, indices=mine)
+            if self.pack_to:
+                batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                               self.pack_rows_multiple)
+            batch["decoded"] = len(rows)
+            yield batch
+
+
+def _loader(epoch: IterableDataset, plan: Plan) -> DataLoader:
+    # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
+    return DataLoader(epoch, batch_size=None, num_workers=plan.recipe.data.num_workers,
+                      generator=_loader_generator(), worker_init_fn=_worker_init,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _pack_args(plan: Plan) -> dict:
+    d = plan.recipe.data
+    # compiled: a handful of row counts, so a handful of graphs
+    return {"pack_to": d.max_length if d.packing else None,
+            "pack_rows_multiple": 4 if plan.recipe.scale.compile != "off" else 1}
+
+
 def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                   start: Optional[Position] = None) -> Iterator[tuple[Position, dict]]:
     """(position after this micro batch, micro batch) forever. An epoch of known length ends
     after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
-    d = plan.recipe.data
     pos = start or Position()  # positions are replaced, never changed in place
     width = world * plan.micro_batch
     if pos.examples % width:
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
                         f"{pos.epoch}, not a multiple of world size x micro batch ({width})")
+    if plan.recipe.data.streaming:
+        return _streamed_batches(plan, task, tokenizer, rank, world, pos)
+    return _prepared_batches(plan, task, tokenizer, rank, world, pos)
+
+
+def _prepared_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    width = world * plan.micro_batch
+    prepared = prepare(d.train, d.train_split, plan, task)
+    n = len(prepared.keep)
+    per_epoch = (plan.steps_per_epoch * plan.global_batch if plan.steps_per_epoch is not None
+                 else n // width * width)
+    if per_epoch > n or per_epoch == 0:
+        raise DataError(f"an epoch needs {max(per_epoch, width)} examples but {d.train} has "
+                        f"{n} non-empty rows")
+    log.info("data: %s prepared, %d rows of which %d non-empty; %d examples an epoch, %s; "
+             "rank %d reads its %d of every %d by index", d.train, len(prepared.rows), n,
+             per_epoch, "shuffled by (run.seed, epoch)" if d.shuffle else "in file order",
+             rank, plan.micro_batch, width)
+    while True:
+        if pos.examples >= per_epoch:
+            pos = Position(epoch=pos.epoch + 1)
+        first = pos.examples
+        order = prepared.keep[epoch_order(n, seed, pos.epoch, d.shuffle)[first:per_epoch]]
+        epoch = IndexedEpoch(prepared, np.asarray(order), task, tokenizer, plan.micro_batch,
+                             rank, world, **_pack_args(plan))
+        decoded = 0
+        for batch in _loader(epoch, plan):
+            decoded += batch.pop("decoded")
+            pos = Position(pos.epoch, 0, pos.examples + width)
+            if pos.examples == per_epoch:
+                # Said before the epoch's last batch is handed over: a run may end on it.
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own (the epoch's examples %d to %d, over %d ranks)", pos.epoch,
+                         decoded, (per_epoch - first) // world, first, per_epoch, world)
+            yield pos, batch
+
+
+def _streamed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d = plan.recipe.data
+    width = world * plan.micro_batch
     per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
     rows = open_source(d.train, d.train_split, plan)
+    log.info("data: %s streamed in file order; every rank reads every row and encodes its "
+             "%d of every %d", d.train, plan.micro_batch, width)
     while True:
         left = None if per_epoch is None else (per_epoch - pos.examples) // width
         if left == 0:
             pos = Position(epoch=pos.epoch + 1)
             continue
         epoch = TrainEpoch(rows, task, tokenizer, plan.micro_batch, rank, world,
-                           start_row=pos.row, max_batches=left,
-                           pack_to=d.max_length if d.packing else None,
-                           # compiled: a handful of row counts, so a handful of graphs
-                           pack_rows_multiple=4 if plan.recipe.scale.compile != "off" else 1)
-        taken = 0
-        # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
-        for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
-                                generator=_loader_generator(), worker_init_fn=_worker_init,
-                                pin_memory=torch.cuda.is_available()):
+                           start_row=pos.row, max_batches=left, **_pack_args(plan))
+        taken, decoded = 0, 0
+        for batch in _loader(epoch, plan):
             taken += 1
+            decoded += batch.pop("decoded")
             pos = Position(pos.epoch, batch.pop("row_end"), pos.examples + width)
+            if left is not None and taken == left:
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own", pos.epoch, decoded, left * plan.micro_batch)
             yield pos, batch
         if taken == 0 and pos.row == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
@@ -192,17 +304,58 @@ class EvalShard(IterableDataset):
                                 indices=[i for i, _ in batch], labeled=self.labeled)
 
 
+class IndexedEval(IterableDataset):
+    """Prepared eval data: the examples at row indices `examples` (file order) in batches;
+    this rank encodes batch b when b % world == rank, reading only those rows. Then the same
+    {'end': batches, 'skipped': empty rows} (and {'spare': batch 0}) as EvalShard."""
+
+    def __init__(self, prepared: sources.Prepared, examples: np.ndarray, task: Task,
+                 tokenizer: Any, batch_size: int, rank: int, world: int, skipped: int,
+                 labeled: bool = True):
+        self.prepared, self.examples, self.task, self.tokenizer = prepared, examples, task, tokenizer
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.skipped, self.labeled = skipped, labeled
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        count = -(-len(self.examples) // self.batch_size)
+        for b in range(self.rank, count, self.world):
+            if (b // self.world) % workers == worker:
+                yield self._encode(b)
+        if worker == 0:
+            if self.rank >= count and count:
+                yield {"spare": self._encode(0)}
+            yield {"end": count, "skipped": self.skipped}
+
+    def _encode(self, b: int) -> dict:
+        mine = self.examples[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        return self.task.encode(self.prepared.read(mine), self.tokenizer, indices=mine,
+                                labeled=self.labeled)
+
+
+def eval_examples(prepared: sources.Prepared, limit: Optional[int]) -> np.ndarray:
+    """The row indices scored, in file order: the non-empty rows among the first `limit`."""
+    keep = np.asarray(prepared.keep)
+    return keep if limit is None else keep[keep < limit]
+
+
 def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                 data: Optional[str] = None) -> Optional[DataLoader]:
     if not plan.has_eval and data is None:
         return None
     d = plan.recipe.data
-    if data is not None:
-        rows = sources.open_stream(sources.resolve(data, config=d.dataset_config,
-                                                   split=d.eval_split), streaming=True)
+    limit = plan.recipe.eval.max_examples
+    name = data if data is not None else d.eval if d.eval is not None else d.train
+    if d.streaming and data is None:
+        shard: IterableDataset = EvalShard(open_source(name, d.eval_split, plan), task,
+                                           tokenizer, plan.eval_micro_batch, rank, world,
+                                           limit=limit)
     else:
-        rows = open_source(d.eval if d.eval is not None else d.train, d.eval_split, plan)
-    shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, rank, world,
-                      limit=plan.recipe.eval.max_examples)
+        prepared = prepare(name, d.eval_split, plan, task)
+        examples = eval_examples(prepared, limit)
+        rows = len(prepared.rows) if limit is None else min(limit, len(prepared.rows))
+        shard = IndexedEval(prepared, examples, task, tokenizer, plan.eval_micro_batch, rank,
+                            world, skipped=rows - len(examples))
     return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
                       generator=_loader_generator(), worker_init_fn=_worker_init)

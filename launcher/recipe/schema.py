@@ -82,7 +82,11 @@ class DataConfig:
     doc_stride: Optional[int] = option(None, "question_answering: tokens shared by consecutive "
                                              "windows of a long context; default max_length // 4")
     pad_to_multiple_of: int = option(8, "pad each batch up to a multiple of this (tensor cores)")
-    streaming: bool = option(True, "read data as a stream instead of loading it whole")
+    streaming: bool = option(False, "read data as a stream (file order) instead of preparing "
+                                    "the split once as memory-mapped Arrow that each rank "
+                                    "reads by index; for splits too big to prepare")
+    shuffle: bool = option(True, "train each epoch in a new order, a permutation seeded by "
+                                 "(run.seed, epoch); false: file order")
     train_examples: Optional[int] = option(None, "size of the training set, when run.epochs is "
                                                  "used with a hub dataset; local files are counted")
     num_workers: int = option(1, "DataLoader worker processes per rank for reading/tokenizing")

@@ -58,6 +58,10 @@ def validate(recipe: Recipe) -> None:
                     ("eval.every", e.every), ("optim.weight_decay", o.weight_decay),
                     ("optim.max_grad_norm", o.max_grad_norm), ("optim.eps", o.eps)):
         _positive(path, v, allow_zero=True)
+    if d.streaming and d.shuffle:
+        raise RecipeError("data.shuffle", "is true but data.streaming=true reads the split in "
+                          "file order", "set data.streaming=false to prepare the split and "
+                          "shuffle it, or data.shuffle=false")
     if d.packing and t.type not in ("sequence_classification", "multi_label_classification"):
         raise RecipeError("data.packing", f"packs examples for a pooled classifier; task.type "
                           f"{t.type} reads every token's output", "set data.packing=false")
