@@ -18,7 +18,7 @@ DataLoader worker w of a rank encodes global micro batches w, w + workers, ... (
 hands them back in order).
 
 Evaluation is exact at any world size: the eval examples (all non-empty rows, or a sample of
-eval.max_examples of them seeded by run.seed, in file order) are cut into batches of
+eval.max_examples of them seeded by run.seed, in file order; a stream: its first rows) are cut into batches of
 eval_micro_batch and rank r scores batch b when b % world == r. So every example is scored
 exactly once, each batch holds the same examples (and gives the same logits) whatever the
 world size, and each rank knows how many batches the others have -- which lets sharded models
@@ -27,8 +27,10 @@ world size, and each rank knows how many batches the others have -- which lets s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
@@ -54,8 +56,10 @@ class Position:
     """Where the training stream stands at a step boundary; saved in every checkpoint."""
 
     epoch: int = 0
-    row: int = 0       # streams: rows of this epoch's file read, empty ones included
+    row: int = 0       # file-order streams: rows of this epoch's file read, empty ones included
     examples: int = 0  # examples of this epoch's order trained on, over all ranks
+    window: int = 0    # window-shuffled streams: the window the next example comes from
+    offset: int = 0    # ... and how many of that window's examples were trained on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +193,20 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
                         f"{pos.epoch}, not a multiple of world size x micro batch ({width})")
     if plan.recipe.data.streaming:
-        return _streamed_batches(plan, task, tokenizer, rank, world, pos)
-    return _prepared_batches(plan, task, tokenizer, rank, world, pos)
+        if plan.recipe.data.shuffle:
+            return _first_timed(_windowed_batches(plan, task, tokenizer, rank, world, pos))
+        return _first_timed(_streamed_batches(plan, task, tokenizer, rank, world, pos))
+    return _first_timed(_prepared_batches(plan, task, tokenizer, rank, world, pos))
+
+
+def _first_timed(batches: Iterator) -> Iterator:
+    """Log how long the first micro batch took (preparing, opening, skipping to the position):
+    benchmarks/NOTES.md reads it."""
+    began = time.perf_counter()
+    first = next(batches)
+    log.info("data: first micro batch after %.2f s", time.perf_counter() - began)
+    yield first
+    yield from batches
 
 
 def _prepared_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
@@ -252,6 +268,117 @@ def _streamed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
                          "own", pos.epoch, decoded, left * plan.micro_batch)
             yield pos, batch
         if taken == 0 and pos.row == 0:
+            raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
+        pos = Position(epoch=pos.epoch + 1)
+
+
+_SHARD_STREAM = 0x5A4D  # the shard order's own seed stream, apart from the windows'
+
+
+def epoch_stream(rows: Any, seed: int, epoch: int) -> Any:
+    """A stream's shards in epoch `epoch`'s order (one shard: the stream itself)."""
+    shards = rows.n_shards
+    if shards < 2:
+        return rows
+    import datasets
+
+    order = np.random.default_rng([seed, epoch, _SHARD_STREAM]).permutation(shards)
+    return datasets.concatenate_datasets([rows.shard(shards, int(i)) for i in order])
+
+
+def windowed_examples(stream: Any, task: Task, size: int, seed: int, epoch: int,
+                      window: int, offset: int, read: Optional[list[int]] = None
+                      ) -> Iterator[tuple[int, int, int, dict]]:
+    """(window, offset after it, row, example) from (window, offset) on: each window of `size`
+    rows has its non-empty rows permuted by (seed, epoch, window). A resume skips whole
+    windows on HF's arrow path and reads only its own window's rows again (none tokenized).
+    `read[0]` counts the rows turned into Python."""
+    rows = sources.iter_rows(stream, window * size)
+    while True:
+        chunk = list(itertools.islice(rows, size))
+        if not chunk:
+            return
+        if read is not None:
+            read[0] += len(chunk)
+        kept = [(window * size + i, row) for i, row in enumerate(chunk) if not task.is_empty(row)]
+        order = np.random.default_rng([seed, epoch, window]).permutation(len(kept))
+        for j in range(offset, len(kept)):
+            index, row = kept[order[j]]
+            yield window, j + 1, index, row
+        window, offset = window + 1, 0
+
+
+class WindowedEpoch(IterableDataset):
+    """A window-shuffled stream: this rank's micro batches of one epoch from (window, offset)
+    on; each carries `window_end`/`offset_end`, where its global micro batch ended, and
+    `decoded`, the rows this worker read for it."""
+
+    def __init__(self, stream: Any, task: Task, tokenizer: Any, micro: int, rank: int,
+                 world: int, size: int, seed: int, epoch: int, window: int, offset: int,
+                 max_batches: Optional[int], pack_to: Optional[int] = None,
+                 pack_rows_multiple: int = 1):
+        self.stream, self.task, self.tokenizer = stream, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.size, self.seed, self.epoch = size, seed, epoch
+        self.window, self.offset, self.max_batches = window, offset, max_batches
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        chunk: list[tuple[int, dict]] = []
+        made, read, counted = 0, [0], 0
+        for window, offset, index, row in windowed_examples(
+                self.stream, self.task, self.size, self.seed, self.epoch, self.window,
+                self.offset, read):
+            chunk.append((index, row))
+            if len(chunk) < width:
+                continue
+            if made % workers == worker:
+                mine = chunk[self.rank::self.world]
+                batch = self.task.encode([r for _, r in mine], self.tokenizer,
+                                         indices=[i for i, _ in mine])
+                if self.pack_to:
+                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                                   self.pack_rows_multiple)
+                batch["window_end"], batch["offset_end"] = window, offset
+                batch["decoded"], counted = read[0] - counted, read[0]
+                yield batch
+            made, chunk = made + 1, []
+            if made == self.max_batches:
+                return
+
+
+def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    width = world * plan.micro_batch
+    per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
+    rows = open_source(d.train, d.train_split, plan)
+    log.info("data: %s streamed from %d shard(s), their order and each window of %d rows "
+             "shuffled by (run.seed, epoch); every rank and worker reads every row and "
+             "encodes only its own %d of every %d examples", d.train, rows.n_shards,
+             d.shuffle_window, plan.micro_batch, width)
+    while True:
+        left = None if per_epoch is None else (per_epoch - pos.examples) // width
+        if left == 0:
+            pos = Position(epoch=pos.epoch + 1)
+            continue
+        epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
+                              plan.micro_batch, rank, world, d.shuffle_window, seed, pos.epoch,
+                              pos.window, pos.offset, left, **_pack_args(plan))
+        taken, decoded = 0, 0
+        for batch in _loader(epoch, plan):
+            taken += 1
+            decoded += batch.pop("decoded")
+            pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end"),
+                           batch.pop("offset_end"))
+            if left is not None and taken == left:
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own", pos.epoch, decoded, left * plan.micro_batch)
+            yield pos, batch
+        if taken == 0 and pos.window == 0 and pos.offset == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
         pos = Position(epoch=pos.epoch + 1)
 
@@ -334,10 +461,18 @@ class IndexedEval(IterableDataset):
                                 labeled=self.labeled)
 
 
-def eval_examples(prepared: sources.Prepared, limit: Optional[int]) -> np.ndarray:
-    """The row indices scored, in file order: the non-empty rows among the first `limit`."""
+def eval_examples(prepared: sources.Prepared, limit: Optional[int], seed: int) -> np.ndarray:
+    """The row indices scored, in file order: every non-empty row, or a sample of `limit` of
+    them drawn with run.seed (a sorted split's first rows would be one class). The draw
+    depends on nothing else, so every rank and world size scores the same sample."""
     keep = np.asarray(prepared.keep)
-    return keep if limit is None else keep[keep < limit]
+    if limit is None or limit >= len(keep):
+        return keep
+    chosen = np.random.default_rng([seed, _EVAL_STREAM]).choice(len(keep), limit, replace=False)
+    return keep[np.sort(chosen)]
+
+
+_EVAL_STREAM = 0xE7A1  # the eval sample's own seed stream, apart from epoch orders
 
 
 def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
@@ -353,9 +488,8 @@ def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                                            limit=limit)
     else:
         prepared = prepare(name, d.eval_split, plan, task)
-        examples = eval_examples(prepared, limit)
-        rows = len(prepared.rows) if limit is None else min(limit, len(prepared.rows))
+        examples = eval_examples(prepared, limit, plan.recipe.run.seed)
         shard = IndexedEval(prepared, examples, task, tokenizer, plan.eval_micro_batch, rank,
-                            world, skipped=rows - len(examples))
+                            world, skipped=len(prepared.rows) - len(prepared.keep))
     return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
                       generator=_loader_generator(), worker_init_fn=_worker_init)

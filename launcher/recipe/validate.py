@@ -44,7 +44,8 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("task.threshold", f"must be between 0 and 1, got {t.threshold}",
                           "set task.threshold to e.g. 0.5")
     for path, v in (("data.max_length", d.max_length), ("data.pad_to_multiple_of", d.pad_to_multiple_of),
-                    ("data.train_examples", d.train_examples), ("scale.nodes", s.nodes),
+                    ("data.train_examples", d.train_examples),
+                    ("data.shuffle_window", d.shuffle_window), ("scale.nodes", s.nodes),
                     ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
                     ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
                     ("checkpoint.keep_last", c.keep_last), ("checkpoint.grace_s", c.grace_s),
@@ -58,10 +59,6 @@ def validate(recipe: Recipe) -> None:
                     ("eval.every", e.every), ("optim.weight_decay", o.weight_decay),
                     ("optim.max_grad_norm", o.max_grad_norm), ("optim.eps", o.eps)):
         _positive(path, v, allow_zero=True)
-    if d.streaming and d.shuffle:
-        raise RecipeError("data.shuffle", "is true but data.streaming=true reads the split in "
-                          "file order", "set data.streaming=false to prepare the split and "
-                          "shuffle it, or data.shuffle=false")
     if d.packing and t.type not in ("sequence_classification", "multi_label_classification"):
         raise RecipeError("data.packing", f"packs examples for a pooled classifier; task.type "
                           f"{t.type} reads every token's output", "set data.packing=false")
