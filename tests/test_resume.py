@@ -210,6 +210,11 @@ def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path):
     assert proc.returncode == 2 and "model.head_hidden was None" in proc.stderr
     proc = launcher("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
     assert proc.returncode == 2 and "scale.global_batch=64" in proc.stderr
+    # the saved position counts examples of a shuffled order: not of another order
+    proc = launcher("run", TINY, f"run.output_dir={out}", "data.shuffle=false")
+    assert proc.returncode == 2 and "data.shuffle was True" in proc.stderr
+    proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    assert proc.returncode == 2 and "run.seed was 42" in proc.stderr
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
 
 
