@@ -138,6 +138,19 @@ def fingerprint(recipe: Any, labels: tuple) -> dict[str, Any]:
             "model.config_overrides": dict(sorted(dict(m.config_overrides).items()))}
 
 
+def data_order(recipe: Any) -> dict[str, Any]:
+    """What a saved data position means: under other values it would skip or repeat examples."""
+    d = recipe.data
+    return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
+            "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
+            "run.seed": recipe.run.seed if d.shuffle else None}
+
+
+def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
+    saved = state.get("data_order")  # absent in checkpoints from before data.shuffle
+    return [] if saved is None else differences(saved, data_order(recipe))
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{key} was {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
             for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]

@@ -35,6 +35,7 @@ def check(plan: Plan) -> Optional[int]:
     state = checkpoints.read_state(latest)
     now = checkpoints.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
     problems = checkpoints.incompatible(state, now, plan.global_batch)
+    problems += checkpoints.order_problems(state, plan.recipe)
     if problems:
         raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
                           f"{'; '.join(problems)}", "use the recipe and global batch that run "

@@ -227,3 +227,71 @@ def iter_rows(ds: Any, start: int = 0, batch_size: int = 1024) -> Iterator[dict]
         keys = list(batch)
         for values in zip(*(batch[k] for k in keys)):
             yield dict(zip(keys, values))
+
+
+@dataclass
+class Prepared:
+    """A split prepared once as memory-mapped Arrow, read by row index.
+
+    `keep` holds the indices of the rows that are not empty, found once at preparation time,
+    so no reader has to look at a row it will not train on.
+    """
+
+    rows: Any              # a datasets.Dataset (memory-mapped)
+    keep: Any              # numpy int64 array: the non-empty rows' indices, ascending
+
+    def read(self, indices: Any) -> list[dict]:
+        """The rows at these indices, in this order (only they are turned into Python)."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        batch = self.rows[indices]
+        keys = list(batch)
+        return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+
+
+def prepare(src: Source, columns: list[str], is_empty: Any) -> Prepared:
+    """`load_dataset` without streaming (the split as Arrow in the HF datasets cache), plus the
+    non-empty rows' indices next to it. A file lock per source makes one process (per node, or
+    per job on a shared cache) prepare while the others wait, then they all map the same files.
+
+    `is_empty` sees only `columns` (the task's text columns): the one pass that finds the
+    empty rows reads nothing else.
+    """
+    import hashlib
+    import os
+
+    import datasets
+    import numpy as np
+    from filelock import FileLock
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    ident = hashlib.sha256(repr((src.builder, str(src.path), src.config, src.split))
+                           .encode()).hexdigest()[:16]
+    (cache / "launcher_locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / "launcher_locks" / f"{ident}.lock")):
+        if src.is_local:
+            ds = datasets.load_dataset(src.builder, data_files=str(src.path), split="train")
+        else:
+            ds = datasets.load_dataset(src.builder, src.config, split=src.split)
+        where = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else None
+        columns = [c for c in columns if c in ds.column_names]
+        tag = hashlib.sha256(f"{ds._fingerprint}|{columns}|{is_empty.__qualname__}"
+                             .encode()).hexdigest()[:16]
+        path = where / f"launcher-nonempty-{tag}.npy" if where else None
+        if path is not None and path.is_file():
+            keep = np.load(path, mmap_mode="r")
+        else:
+            found, texts = [], ds.select_columns(columns)
+            for start in range(0, len(ds), 10_000):
+                batch = texts[start:start + 10_000]
+                keys = list(batch)
+                for i, values in enumerate(zip(*(batch[k] for k in keys)), start=start):
+                    if not is_empty(dict(zip(keys, values))):
+                        found.append(i)
+            keep = np.asarray(found, dtype=np.int64)
+            if path is not None:
+                tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+                np.save(tmp, keep)
+                os.replace(tmp, path)
+    return Prepared(ds, keep)

@@ -30,3 +30,17 @@ def launcher(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def decoded_per_epoch(rd) -> list[tuple[int, int, int, int]]:
+    """(rank, epoch, rows decoded, own examples) from each rank's log: the data counter each
+    rank logs when it hands over an epoch's last batch."""
+    import re
+
+    found = []
+    for log in sorted(rd.logs.glob("rank*.log")):
+        rank = int(log.stem[4:])
+        for m in re.finditer(r"data: epoch (\d+): this rank decoded (\d+) rows for (\d+) "
+                             r"examples of its own", log.read_text()):
+            found.append((rank, int(m[1]), int(m[2]), int(m[3])))
+    return found

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, cli_env, launcher
+from conftest import REPO, TINY, cli_env, decoded_per_epoch, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher import checkpoints
 from launcher.run_dir import RunDir
@@ -153,16 +153,18 @@ def test_damaged_shard_is_caught_by_the_manifest_and_the_run_falls_back(tmp_path
     assert_same_run(rd, reference)
 
 
-def _ledger(rd: RunDir) -> list[str]:
+def _ledger(rd: RunDir, step: int | None = None) -> list[str]:
     ids = []
     for trace in sorted(rd.trace.glob("rank*.txt")):
-        ids += [line.split("\t")[1] for line in trace.read_text().splitlines()]
+        ids += [i for s, i in (line.split("\t") for line in trace.read_text().splitlines())
+                if step is None or int(s) == step]
     return ids
 
 
 @pytest.mark.parametrize("world", [1, 3])
 def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world):
-    """2 ranks, preempted, then 1 or 3: the epoch's examples are each trained exactly once."""
+    """2 ranks, preempted, then 1 or 3: the epoch's examples (shuffled) are each trained
+    exactly once, and each rank decodes only its own rows."""
     out = tmp_path / "run"
     rd = RunDir(out)
     # global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 41 steps
@@ -176,6 +178,11 @@ def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world)
     assert (plan["world_size"], plan["grad_accum"], plan["global_batch"]) == (world, 6 // world, 96)
     ids = _ledger(rd)
     assert len(ids) == 41 * 96 and len(set(ids)) == len(ids)
+    step_one = sorted(_ledger(rd, step=1))
+    assert step_one != sorted(f"tn-{k:05d}" for k in range(96)), "the epoch is in file order"
+    # Resumed after step 17 (17 x 96 examples): 2,304 examples left, rows / world per rank.
+    left = (41 - 17) * 96 // world
+    assert decoded_per_epoch(rd) == [(r, 0, left, left) for r in range(world)]
     summary = json.loads(rd.summary.read_text())
     assert summary["steps"] == 41 and summary["world_size"] == world
     assert [r[0] for r in steps_logged(rd)] == list(range(1, 42))
@@ -206,6 +213,11 @@ def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path):
     assert proc.returncode == 2 and "model.head_hidden was None" in proc.stderr
     proc = launcher("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
     assert proc.returncode == 2 and "scale.global_batch=64" in proc.stderr
+    # the saved position counts examples of a shuffled order: not of another order
+    proc = launcher("run", TINY, f"run.output_dir={out}", "data.shuffle=false")
+    assert proc.returncode == 2 and "data.shuffle was True" in proc.stderr
+    proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    assert proc.returncode == 2 and "run.seed was 42" in proc.stderr
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
 
 

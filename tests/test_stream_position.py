@@ -29,6 +29,7 @@ def streamed(tmp_path_factory):
             fh.write(json.dumps({"id": f"ex{i}", "text": text, "label": i % 4}) + "\n")
     plan = plan_mod.build(load(TINY, [f"data.train={path}", "data.eval=None",
                                       "scale.micro_batch=16", "scale.procs_per_node=2",
+                                      "data.streaming=true", "data.shuffle=false",
                                       "run.epochs=None", "run.max_steps=2200"]))
     assert plan.recipe.data.streaming and plan.global_batch == 32
     task = tasks.for_recipe(plan.recipe)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY, launcher
+from conftest import TINY, decoded_per_epoch, launcher
 from launcher.run_dir import RunDir
 
 
@@ -21,13 +21,19 @@ def two_rank_run(tmp_path_factory):
 
 def test_two_ranks_read_disjoint_examples(two_rank_run):
     rd, _ = two_rank_run
-    # trace lines are "step<TAB>example id"
-    seen = [{line.split("\t")[1] for line in (rd.trace / f"rank{r}.txt").read_text().splitlines()}
-            for r in (0, 1)]
-    assert seen[0] and seen[1]
-    assert not seen[0] & seen[1], "the same example reached both ranks"
-    # 4000 rows, global batch 64: 62 steps an epoch use 3968 rows, 1984 on each rank.
-    assert len(seen[0]) == len(seen[1]) == 1984
+    # trace lines are "step<TAB>example id"; 4000 rows, global batch 64: 62 steps an epoch
+    # use 3968 rows, 1984 on each rank, each epoch in its own order.
+    lines = [[line.split("\t") for line in (rd.trace / f"rank{r}.txt").read_text().splitlines()]
+             for r in (0, 1)]
+    for epoch in (0, 1):
+        steps = range(62 * epoch + 1, 62 * epoch + 63)
+        seen = [{i for s, i in rank if int(s) in steps} for rank in lines]
+        assert len(seen[0]) == len(seen[1]) == 1984
+        assert not seen[0] & seen[1], "the same example reached both ranks"
+    first = [[i for s, i in rank if s == "1"] for rank in lines]
+    assert first[0] != [f"tn-{2 * k:05d}" for k in range(32)], "epoch 0 is in file order"
+    # Each rank decoded only its own rows: 1984 an epoch, not the file's 4000.
+    assert decoded_per_epoch(rd) == [(r, e, 1984, 1984) for r in (0, 1) for e in (0, 1)]
 
 
 def test_loss_goes_down_and_model_learns(two_rank_run):

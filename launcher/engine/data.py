@@ -1,29 +1,40 @@
-"""Streams of tokenized batches: training split per example, evaluation split per batch.
+"""Tokenized batches: training in each epoch's order, evaluation split per batch.
 
-Training is one global stream per epoch, the same for every world size: the non-empty rows
-in file order, cut into global micro batches of world x micro_batch examples, of which rank r
-takes every world-th example starting at r. So optimizer step s always trains on examples
-[s x global_batch, (s+1) x global_batch) of the epoch, whatever the world size, and the
-stream's position after a step is one number every rank knows without talking to the
-others: the row just past that step's last example. A resumed run (on any world size) skips
-to it on HF's arrow path without encoding a row, and reads the very next example.
+Training is one global order per epoch, the same for every world size. Prepared data (local
+files, hub splits without data.streaming) is the split as memory-mapped Arrow with the list of
+its non-empty rows, found once at preparation time; epoch e's order is a permutation of those
+rows seeded by (run.seed, e) (file order with data.shuffle=false). The order is cut into global
+micro batches of world x micro_batch examples, of which rank r takes every world-th example
+starting at r, and reads just those rows by index. So optimizer step s always trains on
+examples [s x global_batch, (s+1) x global_batch) of the epoch's order, whatever the world
+size, and the position after a step is (epoch, examples consumed), which every rank knows
+without talking to the others. A resume (on any world size) recomputes the epoch's order and
+goes on from that example: nothing before it is read.
 
-Every rank reads every row but encodes only its own, in the DataLoader's workers (worker w
-encodes global micro batches w, w + workers, ...; the DataLoader hands them back in order).
+A stream (data.streaming=true) is read in file order; every rank reads every row but encodes
+only its own, and a resume skips to the row just past the saved step on HF's arrow path.
 
-Evaluation is exact at any world size: every rank reads the whole eval stream, cuts it into
-batches of eval_micro_batch examples in file order and keeps batch b when b % world == rank.
-So every example is scored exactly once, each batch holds the same examples (and gives the
-same logits) whatever the world size, and each rank knows how many batches the others have --
-which lets sharded models (ZeRO-3, FSDP) run the same number of forwards on every rank.
+DataLoader worker w of a rank encodes global micro batches w, w + workers, ... (the DataLoader
+hands them back in order).
+
+Evaluation is exact at any world size: the eval examples (all non-empty rows, or a sample of
+eval.max_examples of them seeded by run.seed, in file order; a stream: its first rows) are cut into batches of
+eval_micro_batch and rank r scores batch b when b % world == r. So every example is scored
+exactly once, each batch holds the same examples (and gives the same logits) whatever the
+world size, and each rank knows how many batches the others have -- which lets sharded models
+(ZeRO-3, FSDP) run the same number of forwards on every rank.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import signal
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -31,6 +42,9 @@ from launcher import sources
 from launcher.engine import packing
 from launcher.plan.build import Plan
 from launcher.tasks import Task
+
+
+log = logging.getLogger("launcher.engine")
 
 
 class DataError(ValueError):
@@ -42,8 +56,10 @@ class Position:
     """Where the training stream stands at a step boundary; saved in every checkpoint."""
 
     epoch: int = 0
-    row: int = 0       # rows of this epoch's file read, empty ones included
-    examples: int = 0  # non-empty examples trained on this epoch, over all ranks
+    row: int = 0       # file-order streams: rows of this epoch's file read, empty ones included
+    examples: int = 0  # examples of this epoch's order trained on, over all ranks
+    window: int = 0    # window-shuffled streams: the window the next example comes from
+    offset: int = 0    # ... and how many of that window's examples were trained on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +69,20 @@ def open_source(name: str, split: str, plan: Plan):
     d = plan.recipe.data
     src = sources.resolve(name, config=d.dataset_config, split=split)
     return sources.open_stream(src, streaming=d.streaming)
+
+
+def prepare(name: str, split: str, plan: Plan, task: Task) -> sources.Prepared:
+    d = plan.recipe.data
+    src = sources.resolve(name, config=d.dataset_config, split=split)
+    text = [c for c in (task.cols.text, task.cols.pair) if c is not None]
+    return sources.prepare(src, text, task.is_empty)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Positions 0..n-1 in epoch `epoch`'s order: the same on every rank and world size."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def _worker_init(_: int) -> None:
@@ -70,8 +100,9 @@ def _loader_generator() -> torch.Generator:
 
 
 class TrainEpoch(IterableDataset):
-    """This rank's micro batches of one epoch, from a row on; each batch carries `row_end`,
-    the row just past the last example of its global micro batch."""
+    """A stream: this rank's micro batches of one epoch, from a row on; each batch carries
+    `row_end`, the row just past the last example of its global micro batch, and `decoded`,
+    the rows this worker turned into Python for it (every row: it reads them all)."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int, world: int,
                  start_row: int, max_batches: Optional[int], pack_to: Optional[int] = None,
@@ -86,9 +117,10 @@ class TrainEpoch(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         width = self.world * self.micro
         chunk: list[tuple[int, dict]] = []
-        made = 0
+        made, seen, counted = 0, 0, 0
         for index, row in enumerate(sources.iter_rows(self.rows, self.start_row),
                                     start=self.start_row):
+            seen += 1
             if self.task.is_empty(row):
                 continue
             chunk.append((index, row))
@@ -102,6 +134,7 @@ class TrainEpoch(IterableDataset):
                     batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
                                                    self.pack_rows_multiple)
                 batch["row_end"] = index + 1
+                batch["decoded"], counted = seen - counted, seen
                 yield batch
             made, chunk = made + 1, []
             if made == self.max_batches:
@@ -109,37 +142,243 @@ class TrainEpoch(IterableDataset):
         # A last global micro batch short of `width` is dropped on every rank alike.
 
 
+class IndexedEpoch(IterableDataset):
+    """Prepared data: this rank's micro batches of one epoch. `order` holds the row indices
+    of the global micro batches still to train, in order; this rank reads only its own rows
+    and says how many in each batch's `decoded`."""
+
+    def __init__(self, prepared: sources.Prepared, order: np.ndarray, task: Task,
+                 tokenizer: Any, micro: int, rank: int, world: int,
+                 pack_to: Optional[int] = None, pack_rows_multiple: int = 1):
+        self.prepared, self.order, self.task, self.tokenizer = prepared, order, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        for g in range(worker, len(self.order) // width, workers):
+            mine = self.order[g * width + self.rank:(g + 1) * width:self.world].tolist()
+            rows = self.prepared.read(mine)
+            batch = self.task.encode(rows, self.tokenizer, indices=mine)
+            if self.pack_to:
+                batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                               self.pack_rows_multiple)
+            batch["decoded"] = len(rows)
+            yield batch
+
+
+def _loader(epoch: IterableDataset, plan: Plan) -> DataLoader:
+    # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
+    return DataLoader(epoch, batch_size=None, num_workers=plan.recipe.data.num_workers,
+                      generator=_loader_generator(), worker_init_fn=_worker_init,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _pack_args(plan: Plan) -> dict:
+    d = plan.recipe.data
+    # compiled: a handful of row counts, so a handful of graphs
+    return {"pack_to": d.max_length if d.packing else None,
+            "pack_rows_multiple": 4 if plan.recipe.scale.compile != "off" else 1}
+
+
 def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                   start: Optional[Position] = None) -> Iterator[tuple[Position, dict]]:
     """(position after this micro batch, micro batch) forever. An epoch of known length ends
     after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
-    d = plan.recipe.data
     pos = start or Position()  # positions are replaced, never changed in place
     width = world * plan.micro_batch
     if pos.examples % width:
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
                         f"{pos.epoch}, not a multiple of world size x micro batch ({width})")
+    if plan.recipe.data.streaming:
+        if plan.recipe.data.shuffle:
+            return _first_timed(_windowed_batches(plan, task, tokenizer, rank, world, pos))
+        return _first_timed(_streamed_batches(plan, task, tokenizer, rank, world, pos))
+    return _first_timed(_prepared_batches(plan, task, tokenizer, rank, world, pos))
+
+
+def _first_timed(batches: Iterator) -> Iterator:
+    """Log how long the first micro batch took (preparing, opening, skipping to the position):
+    benchmarks/NOTES.md reads it."""
+    began = time.perf_counter()
+    first = next(batches)
+    log.info("data: first micro batch after %.2f s", time.perf_counter() - began)
+    yield first
+    yield from batches
+
+
+def _prepared_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    width = world * plan.micro_batch
+    prepared = prepare(d.train, d.train_split, plan, task)
+    n = len(prepared.keep)
+    per_epoch = (plan.steps_per_epoch * plan.global_batch if plan.steps_per_epoch is not None
+                 else n // width * width)
+    if per_epoch > n or per_epoch == 0:
+        raise DataError(f"an epoch needs {max(per_epoch, width)} examples but {d.train} has "
+                        f"{n} non-empty rows")
+    log.info("data: %s prepared, %d rows of which %d non-empty; %d examples an epoch, %s; "
+             "rank %d reads its %d of every %d by index", d.train, len(prepared.rows), n,
+             per_epoch, "shuffled by (run.seed, epoch)" if d.shuffle else "in file order",
+             rank, plan.micro_batch, width)
+    while True:
+        if pos.examples >= per_epoch:
+            pos = Position(epoch=pos.epoch + 1)
+        first = pos.examples
+        order = prepared.keep[epoch_order(n, seed, pos.epoch, d.shuffle)[first:per_epoch]]
+        epoch = IndexedEpoch(prepared, np.asarray(order), task, tokenizer, plan.micro_batch,
+                             rank, world, **_pack_args(plan))
+        decoded = 0
+        for batch in _loader(epoch, plan):
+            decoded += batch.pop("decoded")
+            pos = Position(pos.epoch, 0, pos.examples + width)
+            if pos.examples == per_epoch:
+                # Said before the epoch's last batch is handed over: a run may end on it.
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own (the epoch's examples %d to %d, over %d ranks)", pos.epoch,
+                         decoded, (per_epoch - first) // world, first, per_epoch, world)
+            yield pos, batch
+
+
+def _streamed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d = plan.recipe.data
+    width = world * plan.micro_batch
     per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
     rows = open_source(d.train, d.train_split, plan)
+    log.info("data: %s streamed in file order; every rank reads every row and encodes its "
+             "%d of every %d", d.train, plan.micro_batch, width)
     while True:
         left = None if per_epoch is None else (per_epoch - pos.examples) // width
         if left == 0:
             pos = Position(epoch=pos.epoch + 1)
             continue
         epoch = TrainEpoch(rows, task, tokenizer, plan.micro_batch, rank, world,
-                           start_row=pos.row, max_batches=left,
-                           pack_to=d.max_length if d.packing else None,
-                           # compiled: a handful of row counts, so a handful of graphs
-                           pack_rows_multiple=4 if plan.recipe.scale.compile != "off" else 1)
-        taken = 0
-        # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
-        for batch in DataLoader(epoch, batch_size=None, num_workers=d.num_workers,
-                                generator=_loader_generator(), worker_init_fn=_worker_init,
-                                pin_memory=torch.cuda.is_available()):
+                           start_row=pos.row, max_batches=left, **_pack_args(plan))
+        taken, decoded = 0, 0
+        for batch in _loader(epoch, plan):
             taken += 1
+            decoded += batch.pop("decoded")
             pos = Position(pos.epoch, batch.pop("row_end"), pos.examples + width)
+            if left is not None and taken == left:
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own", pos.epoch, decoded, left * plan.micro_batch)
             yield pos, batch
         if taken == 0 and pos.row == 0:
+            raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
+        pos = Position(epoch=pos.epoch + 1)
+
+
+_SHARD_STREAM = 0x5A4D  # the shard order's own seed stream, apart from the windows'
+
+
+def epoch_stream(rows: Any, seed: int, epoch: int) -> Any:
+    """A stream's shards in epoch `epoch`'s order (one shard: the stream itself)."""
+    shards = rows.n_shards
+    if shards < 2:
+        return rows
+    import datasets
+
+    order = np.random.default_rng([seed, epoch, _SHARD_STREAM]).permutation(shards)
+    return datasets.concatenate_datasets([rows.shard(shards, int(i)) for i in order])
+
+
+def windowed_examples(stream: Any, task: Task, size: int, seed: int, epoch: int,
+                      window: int, offset: int, read: Optional[list[int]] = None
+                      ) -> Iterator[tuple[int, int, int, dict]]:
+    """(window, offset after it, row, example) from (window, offset) on: each window of `size`
+    rows has its non-empty rows permuted by (seed, epoch, window). A resume skips whole
+    windows on HF's arrow path and reads only its own window's rows again (none tokenized).
+    `read[0]` counts the rows turned into Python."""
+    rows = sources.iter_rows(stream, window * size)
+    while True:
+        chunk = list(itertools.islice(rows, size))
+        if not chunk:
+            return
+        if read is not None:
+            read[0] += len(chunk)
+        kept = [(window * size + i, row) for i, row in enumerate(chunk) if not task.is_empty(row)]
+        order = np.random.default_rng([seed, epoch, window]).permutation(len(kept))
+        for j in range(offset, len(kept)):
+            index, row = kept[order[j]]
+            yield window, j + 1, index, row
+        window, offset = window + 1, 0
+
+
+class WindowedEpoch(IterableDataset):
+    """A window-shuffled stream: this rank's micro batches of one epoch from (window, offset)
+    on; each carries `window_end`/`offset_end`, where its global micro batch ended, and
+    `decoded`, the rows this worker read for it."""
+
+    def __init__(self, stream: Any, task: Task, tokenizer: Any, micro: int, rank: int,
+                 world: int, size: int, seed: int, epoch: int, window: int, offset: int,
+                 max_batches: Optional[int], pack_to: Optional[int] = None,
+                 pack_rows_multiple: int = 1):
+        self.stream, self.task, self.tokenizer = stream, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.size, self.seed, self.epoch = size, seed, epoch
+        self.window, self.offset, self.max_batches = window, offset, max_batches
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        chunk: list[tuple[int, dict]] = []
+        made, read, counted = 0, [0], 0
+        for window, offset, index, row in windowed_examples(
+                self.stream, self.task, self.size, self.seed, self.epoch, self.window,
+                self.offset, read):
+            chunk.append((index, row))
+            if len(chunk) < width:
+                continue
+            if made % workers == worker:
+                mine = chunk[self.rank::self.world]
+                batch = self.task.encode([r for _, r in mine], self.tokenizer,
+                                         indices=[i for i, _ in mine])
+                if self.pack_to:
+                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                                   self.pack_rows_multiple)
+                batch["window_end"], batch["offset_end"] = window, offset
+                batch["decoded"], counted = read[0] - counted, read[0]
+                yield batch
+            made, chunk = made + 1, []
+            if made == self.max_batches:
+                return
+
+
+def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                      pos: Position) -> Iterator[tuple[Position, dict]]:
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    width = world * plan.micro_batch
+    per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
+    rows = open_source(d.train, d.train_split, plan)
+    log.info("data: %s streamed from %d shard(s), their order and each window of %d rows "
+             "shuffled by (run.seed, epoch); every rank and worker reads every row and "
+             "encodes only its own %d of every %d examples", d.train, rows.n_shards,
+             d.shuffle_window, plan.micro_batch, width)
+    while True:
+        left = None if per_epoch is None else (per_epoch - pos.examples) // width
+        if left == 0:
+            pos = Position(epoch=pos.epoch + 1)
+            continue
+        epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
+                              plan.micro_batch, rank, world, d.shuffle_window, seed, pos.epoch,
+                              pos.window, pos.offset, left, **_pack_args(plan))
+        taken, decoded = 0, 0
+        for batch in _loader(epoch, plan):
+            taken += 1
+            decoded += batch.pop("decoded")
+            pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end"),
+                           batch.pop("offset_end"))
+            if left is not None and taken == left:
+                log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
+                         "own", pos.epoch, decoded, left * plan.micro_batch)
+            yield pos, batch
+        if taken == 0 and pos.window == 0 and pos.offset == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
         pos = Position(epoch=pos.epoch + 1)
 
@@ -192,17 +431,65 @@ class EvalShard(IterableDataset):
                                 indices=[i for i, _ in batch], labeled=self.labeled)
 
 
+class IndexedEval(IterableDataset):
+    """Prepared eval data: the examples at row indices `examples` (file order) in batches;
+    this rank encodes batch b when b % world == rank, reading only those rows. Then the same
+    {'end': batches, 'skipped': empty rows} (and {'spare': batch 0}) as EvalShard."""
+
+    def __init__(self, prepared: sources.Prepared, examples: np.ndarray, task: Task,
+                 tokenizer: Any, batch_size: int, rank: int, world: int, skipped: int,
+                 labeled: bool = True):
+        self.prepared, self.examples, self.task, self.tokenizer = prepared, examples, task, tokenizer
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.skipped, self.labeled = skipped, labeled
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        count = -(-len(self.examples) // self.batch_size)
+        for b in range(self.rank, count, self.world):
+            if (b // self.world) % workers == worker:
+                yield self._encode(b)
+        if worker == 0:
+            if self.rank >= count and count:
+                yield {"spare": self._encode(0)}
+            yield {"end": count, "skipped": self.skipped}
+
+    def _encode(self, b: int) -> dict:
+        mine = self.examples[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        return self.task.encode(self.prepared.read(mine), self.tokenizer, indices=mine,
+                                labeled=self.labeled)
+
+
+def eval_examples(prepared: sources.Prepared, limit: Optional[int], seed: int) -> np.ndarray:
+    """The row indices scored, in file order: every non-empty row, or a sample of `limit` of
+    them drawn with run.seed (a sorted split's first rows would be one class). The draw
+    depends on nothing else, so every rank and world size scores the same sample."""
+    keep = np.asarray(prepared.keep)
+    if limit is None or limit >= len(keep):
+        return keep
+    chosen = np.random.default_rng([seed, _EVAL_STREAM]).choice(len(keep), limit, replace=False)
+    return keep[np.sort(chosen)]
+
+
+_EVAL_STREAM = 0xE7A1  # the eval sample's own seed stream, apart from epoch orders
+
+
 def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                 data: Optional[str] = None) -> Optional[DataLoader]:
     if not plan.has_eval and data is None:
         return None
     d = plan.recipe.data
-    if data is not None:
-        rows = sources.open_stream(sources.resolve(data, config=d.dataset_config,
-                                                   split=d.eval_split), streaming=True)
+    limit = plan.recipe.eval.max_examples
+    name = data if data is not None else d.eval if d.eval is not None else d.train
+    if d.streaming and data is None:
+        shard: IterableDataset = EvalShard(open_source(name, d.eval_split, plan), task,
+                                           tokenizer, plan.eval_micro_batch, rank, world,
+                                           limit=limit)
     else:
-        rows = open_source(d.eval if d.eval is not None else d.train, d.eval_split, plan)
-    shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, rank, world,
-                      limit=plan.recipe.eval.max_examples)
+        prepared = prepare(name, d.eval_split, plan, task)
+        examples = eval_examples(prepared, limit, plan.recipe.run.seed)
+        shard = IndexedEval(prepared, examples, task, tokenizer, plan.eval_micro_batch, rank,
+                            world, skipped=len(prepared.rows) - len(prepared.keep))
     return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
                       generator=_loader_generator(), worker_init_fn=_worker_init)

@@ -175,6 +175,7 @@ class Trainer:
         path = self.rd.checkpoints / name
         state = checkpoints.read_state(path)
         problems = checkpoints.incompatible(state, self.fingerprint, self.plan.global_batch)
+        problems += checkpoints.order_problems(state, self.plan.recipe)
         if problems:
             raise RuntimeError(f"{path} cannot go on under this plan: " + "; ".join(problems))
         checkpoint.load(self.accelerator, path, model=self.model,
@@ -391,6 +392,7 @@ class Trainer:
     def _save_checkpoint(self, best: bool = False, reason: str = "step") -> None:
         scaler = self.accelerator.scaler
         state = {"step": self.step, "epoch": self.epoch, "position": self.position.to_dict(),
+                 "data_order": checkpoints.data_order(self.plan.recipe),
                  "world_size": self.world, "global_batch": self.plan.global_batch,
                  "reason": reason, "fingerprint": self.fingerprint,
                  "scheduler": self.scheduler.state_dict(),

@@ -113,7 +113,8 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     if train.is_local:
         checks["train"] = scan(task, train, field="data.train")
     if eval_src is not None and eval_src.is_local:
-        checks["eval"] = scan(task, eval_src, limit=recipe.eval.max_examples, field="data.eval")
+        # every row: eval.max_examples samples from the whole split
+        checks["eval"] = scan(task, eval_src, field="data.eval")
     train_examples = _train_examples(recipe, train, checks.get("train"))
     weights = recipe.task.class_weights
     if weights == "balanced":

@@ -84,7 +84,15 @@ class DataConfig:
     doc_stride: Optional[int] = option(None, "question_answering: tokens shared by consecutive "
                                              "windows of a long context; default max_length // 4")
     pad_to_multiple_of: int = option(8, "pad each batch up to a multiple of this (tensor cores)")
-    streaming: bool = option(True, "read data as a stream instead of loading it whole")
+    streaming: bool = option(False, "read data as a stream instead of preparing "
+                                    "the split once as memory-mapped Arrow that each rank "
+                                    "reads by index; for splits too big to prepare")
+    shuffle: bool = option(True, "train each epoch in a new order, a permutation seeded by "
+                                 "(run.seed, epoch); a stream: its shards' order, then each "
+                                 "window of data.shuffle_window rows; false: file order")
+    shuffle_window: int = option(10_000, "data.streaming with data.shuffle: rows per window "
+                                         "whose order is permuted (memory: one window per "
+                                         "DataLoader worker)")
     train_examples: Optional[int] = option(None, "size of the training set, when run.epochs is "
                                                  "used with a hub dataset; local files are counted")
     num_workers: int = option(1, "DataLoader worker processes per rank for reading/tokenizing")
@@ -150,7 +158,9 @@ class EvalConfig:
     every: int = option(0, "evaluate every N optimizer steps; 0 evaluates only at the end")
     micro_batch: Optional[int] = option(None, "eval examples per device; defaults to "
                                               "2 x scale.micro_batch")
-    max_examples: Optional[int] = option(None, "evaluate on the first N examples only")
+    max_examples: Optional[int] = option(None, "evaluate on N examples only: a sample of the "
+                                                "eval split drawn with run.seed, the same at "
+                                                "every world size (a stream: its first N)")
     metric: Optional[str] = option(None, "metric that picks the best checkpoint and early "
                                          "stopping; default by task: macro_f1, micro_f1, "
                                          "f1 (entities), f1 (SQuAD v2)")

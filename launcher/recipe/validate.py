@@ -78,7 +78,8 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("task.threshold", f"must be between 0 and 1, got {t.threshold}",
                           "set task.threshold to e.g. 0.5")
     for path, v in (("data.max_length", d.max_length), ("data.pad_to_multiple_of", d.pad_to_multiple_of),
-                    ("data.train_examples", d.train_examples), ("scale.nodes", s.nodes),
+                    ("data.train_examples", d.train_examples),
+                    ("data.shuffle_window", d.shuffle_window), ("scale.nodes", s.nodes),
                     ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
                     ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
                     ("scale.timeout_s", s.timeout_s),
