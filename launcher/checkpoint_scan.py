@@ -25,25 +25,37 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-# Every global found in the pickles of real ZeRO-1/2/3 (and ZeRO-3 offload) checkpoints of
-# the tiny recipe on 2 ranks, written by DeepSpeed 0.18 and torch 2.13 (see
-# tests/test_untrusted_checkpoints.py, which scans such a checkpoint). Tensors are rebuilt by
-# torch's own helpers from typed storages; the rest is plain containers, DeepSpeed's
-# enums/config classes that go into its state dicts, and argparse.Namespace (DeepSpeed saves
-# the launch `args`). Nothing here calls out to the system when reduced.
+# Every global in the pickles of real checkpoints written by DeepSpeed 0.19.8 with torch 2.13:
+# ZeRO-1, -2, -3 and -3 offload of the tiny recipe on 2 ranks in fp32, and ZeRO-1/2/3 in bf16
+# (found by saving them and running `torch_file_globals` on every file). fp16 cannot run on
+# CPU; from DeepSpeed's source, its ZeRO optimizers store a DynamicLossScaler (whose `dtype`
+# is torch.float16) and its weights are half storages. What each is:
+# - torch's own tensor rebuilders, typed storages, Size, Tensor and dtypes: what torch.save
+#   writes for tensors (torch's weights_only unpickler allows the same);
+# - OrderedDict: state dicts;
+# - DeepSpeed's ZeroStageEnum, its loss scalers (plain attribute bags: cur_scale, ...) and
+#   fragment_address (a dataclass of two ints) in the ZeRO optimizer's state.
+# None of them runs anything the file names: classes are built from plain values.
 DEEPSPEED_GLOBALS = frozenset({
     ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch", "FloatStorage"), ("torch", "DoubleStorage"), ("torch", "HalfStorage"),
-    ("torch", "BFloat16Storage"), ("torch", "LongStorage"), ("torch", "IntStorage"),
-    ("torch", "ShortStorage"), ("torch", "CharStorage"), ("torch", "ByteStorage"),
-    ("torch", "BoolStorage"),
-    ("torch", "device"), ("torch", "Size"),
-    ("collections", "OrderedDict"), ("collections", "defaultdict"),
-    ("argparse", "Namespace"),
+    ("torch._tensor", "_rebuild_from_type_v2"),  # ZeRO-3's flat fp32 partitions
+    ("torch", "Tensor"),
+    ("torch", "FloatStorage"), ("torch", "BFloat16Storage"), ("torch", "HalfStorage"),
+    ("torch", "Size"),
+    ("torch", "float32"), ("torch", "bfloat16"), ("torch", "float16"),
+    ("collections", "OrderedDict"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
 })
-# Files DeepSpeed writes into deepspeed/ that it never unpickles.
-_NOT_PICKLES = {"latest", "zero_to_fp32.py"}
+
+
+def _not_a_pickle(path: Path) -> bool:
+    """What DeepSpeed writes into deepspeed/ and never unpickles: the tag name and its
+    conversion scripts (zero_to_fp32.py, zero_to_torch.py). Every other file is scanned."""
+    return path.name == "latest" or path.suffix == ".py"
+
 
 _STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
             "BINSTRING", "SHORT_BINSTRING"}
@@ -151,7 +163,7 @@ def allowed_deepspeed_global(name: str) -> bool:
 def deepspeed_refusal(directory: Path) -> Optional[str]:
     """Why a ZeRO checkpoint's deepspeed/ may not be handed to DeepSpeed, or None."""
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        if path.name in _NOT_PICKLES:
+        if _not_a_pickle(path):
             continue
         try:
             names = torch_file_globals(path)

@@ -7,6 +7,7 @@ payload's marker file is never created.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import os
 import pickle
@@ -113,19 +114,20 @@ def craft_dcp(ckpt: Path, key: str, payload: Payload) -> None:
 
 @pytest.fixture(scope="module")
 def preempted_ddp(tmp_path_factory) -> RunDir:
-    """A 1-process tiny run stopped by SIGTERM after step 3: checkpoints step 2 and step 4."""
+    """A 1-process tiny run stopped by SIGTERM after step 3: checkpoints step 2 and step 3."""
     import subprocess
     import sys
 
     out = tmp_path_factory.mktemp("ddp") / "run"
     env = dict(cli_env(), LAUNCHER_FAULT="at=step,step=3,rank=0,do=TERM")
-    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(TINY), "run.max_steps=6",
-                           "run.epochs=None", "eval.every=0", "checkpoint.every=2",
+    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(TINY), "run.max_steps=4",
+                           "run.epochs=None", "eval.every=0", "eval.max_examples=32",
+                           "checkpoint.every=2",
                            "checkpoint.keep_last=3", f"run.output_dir={out}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
     rd = RunDir(out)
-    assert [p.name for p in checkpoints.complete(rd)] == ["step-0000002", "step-0000004"]
+    assert [p.name for p in checkpoints.complete(rd)] == ["step-0000002", "step-0000003"]
     return rd
 
 
@@ -134,7 +136,7 @@ def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_befo
     rd = preempted_ddp
     marker = tmp_path / "dcp-payload-ran"
     key = "model.classifier.bias"
-    craft_dcp(rd.checkpoint(4), key, Payload(marker))
+    craft_dcp(rd.checkpoint(3), key, Payload(marker))
 
     # The threat is real: torch's own DCP reader runs the payload (here into a marker of its own).
     import torch.distributed.checkpoint as dcp
@@ -142,20 +144,20 @@ def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_befo
 
     probe = tmp_path / "probe-marker"
     monkeypatch.setenv(MARKER_ENV, str(probe))
-    with pytest.raises(Exception):
+    with pytest.raises(BaseException):  # DCP's CheckpointException, after the payload ran
         dcp.load({"model": {"classifier.bias": torch.zeros(4)}},
-                 storage_reader=FileSystemReader(str(rd.checkpoint(4) / "dcp")), no_dist=True)
+                 storage_reader=FileSystemReader(str(rd.checkpoint(3) / "dcp")), no_dist=True)
     assert probe.exists()
     monkeypatch.delenv(MARKER_ENV)
 
     # Our readers name checkpoint and key, before launch and in the engine, and fall back.
-    why = checkpoint_scan.refusal(rd.checkpoint(4))
+    why = checkpoint_scan.refusal(rd.checkpoint(3))
     assert f"entry '{key}' is BytesStorageMetadata, not a tensor" in why
-    assert str(rd.checkpoint(4)) in why
+    assert str(rd.checkpoint(3)) in why
     assert checkpoints.choose(rd).path == rd.checkpoint(2)
-    proc = launcher("resume", rd.root, timeout=300)
+    proc = launcher("resume", rd.root, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "checkpoint step-0000004 is refused" in proc.stderr
+    assert "checkpoint step-0000003 is refused" in proc.stderr
     assert "resuming" in proc.stdout and "from step 2 " in proc.stdout
     assert "resumed from step-0000002" in proc.stdout.replace("\n", " ")
     assert not marker.exists()
@@ -164,7 +166,48 @@ def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_befo
     from launcher.cli import main
     from launcher.trained import pick_checkpoint
 
-    assert pick_checkpoint(rd, "step-2") == pick_checkpoint(rd, "step-0000002") == "step-0000002"
-    for name in ("step-4", "step-0000004"):
+    assert pick_checkpoint(rd, "step-4") == pick_checkpoint(rd, "step-0000004") == "step-0000004"
+    for name in ("step-3", "step-0000003"):
         assert main(["eval", str(rd.root), "--checkpoint", name]) == 2
+    assert not marker.exists()
+
+
+# ---- ZeRO: a payload global injected into DeepSpeed's optimizer shard -----------------------
+
+def craft_zero(ckpt: Path, payload: Payload) -> None:
+    shard = ckpt / "deepspeed" / "state" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    state = torch.load(shard, weights_only=False)  # our own file, written by this test's run
+    state["payload"] = payload
+    torch.save(state, shard)
+    resign(ckpt)
+
+
+def assert_crafted_zero_is_refused(rd: RunDir, tmp_path: Path) -> None:
+    """Called by tests/test_strategies.py on its preempted 2-rank zero2 run (checkpoints 10
+    and 13), so that no ZeRO run is launched for this alone: a copy gets a payload in its
+    newest checkpoint, then in both."""
+    import shutil
+
+    from launcher.cli import main
+
+    copy = RunDir(tmp_path / "crafted")
+    shutil.copytree(rd.root, copy.root)
+    marker = tmp_path / "zero-payload-ran"
+    newest, older = checkpoints.complete(copy)[-1], checkpoints.complete(copy)[-2]
+    craft_zero(newest, Payload(marker))
+    why = checkpoint_scan.refusal(newest)
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt names the global builtins.exec" in why
+    # the engine's choice (rank 0 hashes and scans) and the pre-launch check both fall back
+    assert checkpoints.choose(copy).path == older
+    assert checkpoints.loadable(copy).path == older
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["resume", str(copy.root), "--dry-run"]) == 0
+    assert f"checkpoint {newest.name} is refused" in err.getvalue()
+    assert f"from step {checkpoints.step_of(older)} " in out.getvalue()
+    craft_zero(older, Payload(marker))
+    assert checkpoints.choose(copy).path is None and len(checkpoints.choose(copy).warnings) == 2
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["resume", str(copy.root), "--dry-run"]) == 2
+    assert "no checkpoint in" in err.getvalue() and "is safe to load" in err.getvalue()
     assert not marker.exists()

@@ -4,7 +4,8 @@ A long context is split into windows of data.max_length tokens that overlap by
 data.doc_stride tokens. Every window of an example is encoded in the same batch, so the span
 post-processing sees all of them together: the best span over all windows is compared with the
 null score ([CLS] start + [CLS] end, the lowest over windows), and mapped back to characters of
-the context through the tokenizer's offsets.
+the context through the tokenizer's offsets. The question is answered when best - null >
+task.null_threshold; that decision is final: predict prints it and eval scores it.
 """
 
 from __future__ import annotations
