@@ -46,7 +46,8 @@ def with_decisions(plan: Plan, overrides: list[str]) -> Plan:
         key = item.partition("=")[0].strip()
         if key not in DECISIONS:
             raise RecipeError(key, "cannot be changed after training (eval and predict use "
-                              "the trained model as it is)", f"override only {', '.join(DECISIONS)}")
+                              "the trained model as it is)",
+                              f"override only {', '.join(DECISIONS)}")
     recipe = apply_overrides(plan.recipe, list(overrides), {})
     tasks.for_recipe(recipe).validate()
     return dataclasses.replace(plan, recipe=recipe)
@@ -107,7 +108,9 @@ def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], n
                           "pass --data FILE to evaluate on")
     d = plan.recipe.data
     stem = Path(data).stem if data else Path(d.eval or d.train).stem
-    name = f"{chosen or 'final'}-on-{stem}" + "".join(f"+{o.strip()}" for o in overrides).replace("/", "_")
+    # eval/final-on-dev+task.null_threshold=2.5/: another decision, another directory
+    suffix = "".join(f"+{o.strip()}" for o in overrides).replace("/", "_")
+    name = f"{chosen or 'final'}-on-{stem}{suffix}"
     if nproc < 1:
         raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
