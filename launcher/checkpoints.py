@@ -3,8 +3,8 @@
 A checkpoint directory is published by one rename after every rank has written its files,
 and its `manifest.json` lists each file with its size, its sha256 and the rank that wrote it.
 A reader starts from the checkpoint LATEST names, verifies it against its manifest, and walks
-back to older complete checkpoints when a file is missing, truncated or changed -- with a
-warning that names it.
+back to older complete checkpoints when a file is missing, truncated or changed, or holds
+something that could run code when loaded (`checkpoint_scan`) -- with a warning that names it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher import checkpoint_scan
 from launcher.run_dir import RunDir
 
 MANIFEST = "manifest.json"
@@ -119,10 +120,32 @@ def choose(rd: RunDir) -> Choice:
     choice = Choice(None)
     for candidate in reversed([p for p in complete(rd) if step_of(p) <= step_of(latest)]):
         wrong = problem(candidate)
-        if wrong is None:
+        if wrong is not None:
+            choice.warnings.append(f"checkpoint {candidate.name} is damaged: {wrong}")
+            continue
+        refused = checkpoint_scan.refusal(candidate)
+        if refused is not None:
+            choice.warnings.append(f"checkpoint {candidate.name} is refused: {refused}")
+            continue
+        choice.path = candidate
+        return choice
+    return choice
+
+
+def loadable(rd: RunDir) -> Choice:
+    """The newest checkpoint at or before LATEST that is safe to load (nothing in it could
+    run code), without hashing: what is checked before launching. The engine checks again
+    with `choose`, hashes included."""
+    latest = rd.latest()
+    choice = Choice(None)
+    if latest is None:
+        return choice
+    for candidate in reversed([p for p in complete(rd) if step_of(p) <= step_of(latest)]):
+        refused = checkpoint_scan.refusal(candidate)
+        if refused is None:
             choice.path = candidate
             return choice
-        choice.warnings.append(f"checkpoint {candidate.name} is damaged: {wrong}")
+        choice.warnings.append(f"checkpoint {candidate.name} is refused: {refused}")
     return choice
 
 

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     for p in (ev, pr):
         p.add_argument("run_dir", help="the run directory `launcher run` printed")
         p.add_argument("--checkpoint", help="final (default), best, latest or step-N")
+        p.add_argument("overrides", nargs="*", metavar="task.field=value",
+                       help="how outputs become answers, e.g. task.null_threshold=2.5 (QA) or "
+                            "task.threshold=0.3 (multi-label); the model is not changed")
     ev.add_argument("--data", help="file (or hub dataset) to evaluate on; default: the "
                                    "recipe's eval data")
     ev.add_argument("--nproc-per-node", dest="procs_per_node", type=int, default=1,
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may sit between flags (`R.py --nproc-per-node 2 optim.lr=3e-5`): collect strays.
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-")]
-    with_overrides = ("run", "render", "plan-memory", "bench")
+    with_overrides = ("run", "render", "plan-memory", "bench", "eval", "predict")
     if unknown or (extra and args.command not in with_overrides):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command in with_overrides:
@@ -166,11 +169,12 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return jobs.cancel_command(args.run_dir, console)
     if args.command == "eval":
         from launcher.trained import eval_command
-        return eval_command(args.run_dir, args.checkpoint, args.data, args.procs_per_node, console)
+        return eval_command(args.run_dir, args.checkpoint, args.data, args.procs_per_node, console,
+                            args.overrides)
     if args.command == "predict":
         from launcher.trained import predict_command
         return predict_command(args.run_dir, args.checkpoint, args.text, args.pair, args.file,
-                               console)
+                               console, args.overrides)
     from launcher import plan as plan_mod
     from launcher.plan.explain import explain
     from launcher.recipe.load import load

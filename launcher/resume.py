@@ -1,6 +1,7 @@
 """Going on with a run: what `run` into an existing run directory and `resume RUN_DIR` check
 before anything is launched (no torch, no hashing: the engine verifies the checkpoint itself
-and falls back to an older one when a file is damaged)."""
+and falls back to an older one when a file is damaged). A checkpoint holding something that
+could run code when loaded is skipped here already, with a warning."""
 
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ def check(plan: Plan) -> Optional[int]:
         raise RecipeError("run.output_dir", f"{rd.root} holds a finished run (summary.json "
                           "and final/)", "choose a new run.output_dir, or use `launcher eval` "
                           "on it; nothing there was touched")
-    latest = rd.latest()
+    choice = checkpoints.loadable(rd)
+    for warning in choice.warnings:
+        _warn(f"{warning}; falling back to an older checkpoint" if choice.path else warning)
+    if choice.path is None and choice.warnings:
+        raise RecipeError("RUN_DIR", f"no checkpoint in {rd.checkpoints} is safe to load",
+                          "start over in a new run.output_dir (or restore the run's "
+                          "checkpoints from a copy you trust); nothing there was touched")
+    latest = choice.path
     if latest is None or not (latest / checkpoints.STATE).is_file():
         return None
     state = checkpoints.read_state(latest)
@@ -48,6 +56,14 @@ def check(plan: Plan) -> Optional[int]:
                           f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
                           "nothing there was touched")
     return state["step"]
+
+
+def _warn(text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(text)}", highlight=False,
+                               soft_wrap=True)
 
 
 def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int],

@@ -6,6 +6,7 @@ cannot read) is checked here and reported in one line before a model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from launcher import checkpoints, sources, tasks
+from launcher import checkpoint_scan, checkpoints, sources, tasks
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.plan.scan import bad_data, scan
@@ -31,6 +32,27 @@ def open_run(run_dir: str) -> tuple[RunDir, Plan]:
     return rd, Plan.from_json(plan_file.read_text())
 
 
+# What eval and predict may change: how outputs become answers, never the model.
+DECISIONS = ("task.null_threshold", "task.max_answer_length", "task.threshold")
+
+
+def with_decisions(plan: Plan, overrides: list[str]) -> Plan:
+    """The run's plan with `overrides` of DECISIONS applied (checked as at plan time)."""
+    if not overrides:
+        return plan
+    from launcher.recipe.load import apply_overrides
+
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in DECISIONS:
+            raise RecipeError(key, "cannot be changed after training (eval and predict use "
+                              "the trained model as it is)",
+                              f"override only {', '.join(DECISIONS)}")
+    recipe = apply_overrides(plan.recipe, list(overrides), {})
+    tasks.for_recipe(recipe).validate()
+    return dataclasses.replace(plan, recipe=recipe)
+
+
 def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
     """None (the final export), or the name of a complete checkpoint directory."""
     if checkpoint in (None, "final"):
@@ -38,12 +60,21 @@ def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
             return None
         checkpoint = "latest"
     found = {"latest": rd.latest(), "best": rd.best()}.get(checkpoint)
-    if found is None and checkpoint not in ("latest", "best"):
-        found = rd.checkpoints / checkpoint
+    number = checkpoint.removeprefix("step-")
+    if found is None and checkpoint.startswith("step-") and number.isdigit():
+        found = rd.checkpoint(int(number))  # step-200 and step-0000200 name the same one
     have = [p.name for p in checkpoints.complete(rd)]
     if found is None or not (found / checkpoints.MANIFEST).is_file():
         raise RecipeError("--checkpoint", f"{checkpoint} is not a complete checkpoint of "
                           f"{rd.root}", f"use final, best, latest or one of {have or '(none)'}")
+    if (found / "deepspeed").is_dir():
+        raise RecipeError("--checkpoint", f"{found.name} is a DeepSpeed ZeRO checkpoint, which "
+                          "eval and predict do not read", "use final (the run's export), or a "
+                          "checkpoint of a ddp or fsdp run")
+    refused = checkpoint_scan.refusal(found)
+    if refused:
+        raise RecipeError("--checkpoint", f"{found.name} is refused: {refused}",
+                          f"use final or another of {have}")
     return found.name
 
 
@@ -78,8 +109,9 @@ def check_data(plan: Plan, data: str, flag: str = "--data") -> str:
 
 
 def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], nproc: int,
-                 console: Console) -> int:
+                 console: Console, overrides: list[str] = ()) -> int:
     rd, plan = open_run(run_dir)
+    plan = with_decisions(plan, list(overrides))
     chosen = pick_checkpoint(rd, checkpoint)
     if data is not None:
         data = check_data(plan, data)
@@ -88,13 +120,15 @@ def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], n
                           "pass --data FILE to evaluate on")
     d = plan.recipe.data
     stem = Path(data).stem if data else Path(d.eval or d.train).stem
-    name = f"{chosen or 'final'}-on-{stem}"
+    # eval/final-on-dev+task.null_threshold=2.5/: another decision, another directory
+    suffix = "".join(f"+{o.strip()}" for o in overrides).replace("/", "_")
+    name = f"{chosen or 'final'}-on-{stem}{suffix}"
     if nproc < 1:
         raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
-            *(["--data", data] if data else [])]
+            *(["--data", data] if data else []), *(f"--set={o}" for o in overrides)]
     if nproc == 1:
         cmd = [sys.executable, "-m", "launcher.engine.eval_main", *args]
     else:
@@ -115,8 +149,10 @@ def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], n
 
 
 def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
-                    pair: Optional[str], file: Optional[str], console: Console) -> int:
+                    pair: Optional[str], file: Optional[str], console: Console,
+                    overrides: list[str] = ()) -> int:
     rd, plan = open_run(run_dir)
+    plan = with_decisions(plan, list(overrides))
     chosen = pick_checkpoint(rd, checkpoint)
     task = tasks.for_recipe(plan.recipe)
     if bool(texts) == bool(file):
@@ -142,8 +178,9 @@ def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
     from launcher.engine.eval_main import predict
 
     try:
-        for out in predict(rd.root, chosen, rows):
-            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        for out in predict(rd.root, chosen, rows, list(overrides)):
+            # default=str: a parquet date or decimal column is printed, not a traceback.
+            sys.stdout.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

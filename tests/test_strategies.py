@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY, cli_env
 from manifest_check import assert_manifest_is_what_each_rank_wrote
-from launcher import checkpoints
+from launcher import checkpoint_scan, checkpoints
 from launcher.run_dir import RunDir
 
 LOSS_TOL = 1e-5
@@ -92,6 +92,12 @@ def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(tmp_path, 
         assert other.returncode == 2, other.stdout + other.stderr
         assert "DeepSpeed ZeRO checkpoint of 2 ranks" in other.stderr
         assert sorted(p.name for p in rd.checkpoints.iterdir()) == before
+        # Every global in DeepSpeed's real pickles is on the scanner's allow-list...
+        assert checkpoint_scan.refusal(rd.latest()) is None
+        if strategy == "zero2":
+            # ...and one it never writes is refused before DeepSpeed could unpickle it.
+            from test_untrusted_checkpoints import assert_crafted_zero_is_refused
+            assert_crafted_zero_is_refused(rd, tmp_path)
 
     second = launch("resume", out)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]

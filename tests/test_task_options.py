@@ -56,7 +56,7 @@ def test_extra_head_layer_trains_exports_and_predicts(tmp_path):
     assert config["launcher_head"] == {"hidden": 32, "dropout": 0.2}
     proc = launcher("predict", out, "--text", "Striker scores goal in cup final match")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] == "Sports"
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["predicted"] == "Sports"
 
 
 def test_early_stopping_keeps_and_exports_the_best_checkpoint(tmp_path):

@@ -133,7 +133,8 @@ def test_predict_prints_what_each_task_predicts(trained):
     proc = launcher("predict", rd.root, "--text", " ".join(row["tokens"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["tags"] == row["ner_tags"] and isinstance(out["entities"], list)
+    assert out["predicted"] == row["ner_tags"] and isinstance(out["entities"], list)
+    assert out["id"] == 1 and out["tokens"] == row["tokens"]  # not the text as an id
 
     rd, _ = trained("nli")
     row = _eval_rows("nli")[0]
@@ -141,7 +142,7 @@ def test_predict_prints_what_each_task_predicts(trained):
     assert missing.returncode == 2 and "--pair" in missing.stderr
     proc = launcher("predict", rd.root, "--text", row["premise"], "--pair", row["hypothesis"])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["label"] in ("entailment", "neutral", "contradiction") and 0 < out["confidence"] <= 1
+    assert out["predicted"] in ("entailment", "neutral", "contradiction") and 0 < out["score"] <= 1
 
     rd, _ = trained("qa")
     rows = [r for r in _eval_rows("qa") if r["answers"]["text"]][:5]
@@ -152,5 +153,5 @@ def test_predict_prints_what_each_task_predicts(trained):
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [a["id"] for a in answers] == [r["id"] for r in rows]
-    right = sum(a["answer"] == r["answers"]["text"][0] for a, r in zip(answers, rows))
+    right = sum(a["predicted"] == r["answers"]["text"][0] for a, r in zip(answers, rows))
     assert right >= 3

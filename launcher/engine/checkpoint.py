@@ -15,8 +15,10 @@ lists a directory: on NFS or Lustre another node's listing can be stale) and sen
 to rank 0, which writes the manifest from them, renames the directory and then replaces LATEST
 atomically. Nothing is
 loaded with pickle: tensors come from DCP (`torch.load(weights_only=True)` per tensor, and its
-metadata through an unpickler that knows only DCP's own classes), the rest from JSON and
-safetensors.
+metadata through an unpickler that knows only DCP's own classes; an entry that is not a tensor
+is refused, since DCP would unpickle it), the rest from JSON and safetensors. DeepSpeed's own
+ZeRO files are unpickled by DeepSpeed, so they are scanned first (`launcher.checkpoint_scan`)
+and refused when they name a global DeepSpeed never writes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_state_dict)
 
-from launcher import checkpoints
+from launcher import checkpoint_scan, checkpoints
 from launcher.engine import faults
 from launcher.run_dir import RunDir
 
@@ -71,6 +73,14 @@ class _SafeReader(FileSystemReader):
         path = self._get_metadata_path(kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as fh:
             metadata = _MetadataUnpickler(fh).load()
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        for key, item in metadata.state_dict_metadata.items():
+            # DCP would torch.load(weights_only=False) a bytes entry: ours are all tensors.
+            if not isinstance(item, TensorStorageMetadata):
+                raise ValueError(f"{path}: entry '{key}' is {type(item).__name__}, not a "
+                                 "tensor; refusing to load it (DCP would unpickle it, which "
+                                 "can run code)")
         if getattr(metadata, "storage_meta", None) is None:
             from torch.distributed.checkpoint.metadata import StorageMeta
             metadata.storage_meta = StorageMeta()
@@ -205,6 +215,11 @@ def load(acc: Any, path: Path, *, model: Any, optimizer: Any, saved_world: int) 
         if saved_world != acc.num_processes:
             raise RuntimeError(f"{path} was saved by {saved_world} ZeRO ranks and this job has "
                                f"{acc.num_processes}; resume ZeRO runs on the same world size")
+        # DeepSpeed unpickles its files with torch.load(weights_only=False): every global they
+        # name must be one DeepSpeed itself writes (the rank that chose `path` checked too).
+        refused = checkpoint_scan.deepspeed_refusal(path / "deepspeed")
+        if refused:
+            raise RuntimeError(f"checkpoint {path.name} is refused: {refused}")
         model.load_checkpoint(str(path / "deepspeed"), tag="state")
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)

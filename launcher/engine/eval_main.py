@@ -26,14 +26,18 @@ from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
 
-def load(run_dir: Path, checkpoint: Optional[str]) -> tuple[Plan, Any, Any, Any]:
-    """(plan, task, tokenizer, model) of a run, from final/ or from one checkpoint's weights."""
+def load(run_dir: Path, checkpoint: Optional[str],
+         overrides: list[str] = ()) -> tuple[Plan, Any, Any, Any]:
+    """(plan, task, tokenizer, model) of a run, from final/ or from one checkpoint's weights;
+    `overrides` change only how outputs become answers (trained.DECISIONS)."""
     import transformers
     from transformers import AutoTokenizer
 
+    from launcher.trained import with_decisions
+
     transformers.utils.logging.disable_progress_bar()
     rd = RunDir(run_dir)
-    plan = Plan.from_json((rd.plan / "plan.json").read_text())
+    plan = with_decisions(Plan.from_json((rd.plan / "plan.json").read_text()), list(overrides))
     task = tasks.for_recipe(plan.recipe)
     weights = None if checkpoint is None else model_weights(rd.checkpoints / checkpoint)
     if rd.final.is_dir():
@@ -63,13 +67,13 @@ def _autocast(plan: Plan, device: torch.device):
 
 
 def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
-             name: str) -> Optional[dict]:
+             name: str, overrides: list[str] = ()) -> Optional[dict]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     try:
-        plan, task, tokenizer, model = load(run_dir, checkpoint)
+        plan, task, tokenizer, model = load(run_dir, checkpoint, overrides)
         device = _device()
         model.to(device)
         step = int(checkpoint.split("-")[-1]) if checkpoint else -1
@@ -82,15 +86,30 @@ def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
             dist.destroy_process_group()
 
 
-def predict(run_dir: Path, checkpoint: Optional[str], rows: list[dict]) -> list[dict]:
+def predict(run_dir: Path, checkpoint: Optional[str], rows: list[dict],
+            overrides: list[str] = ()) -> list[dict]:
+    """Each input row as it came, with `id` (the row's id column, else its row number, 1 =
+    the first) and what the task predicts (`predicted`, `score`/`scores`) added."""
     from launcher.engine.data import EvalShard
 
-    plan, task, tokenizer, model = load(run_dir, checkpoint)
+    plan, task, tokenizer, model = load(run_dir, checkpoint, overrides)
     device = _device()
     model.to(device)
     shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, 0, 1, labeled=False)
     records, _ = score(model, iter(shard), task, device, _autocast(plan, device), full=True)
-    return [task.prediction(r) for r in sorted(records, key=lambda r: r["index"])]
+    by_index = {r["index"]: r for r in records}
+    id_column = task.cols.id or "id"
+    out = []
+    for index, row in enumerate(rows):
+        own = row.get(id_column)
+        line = {"id": None, **row}  # id first, the row's own columns kept as they are
+        line["id"] = own if own is not None else index + 1
+        if index in by_index:
+            line.update(task.prediction(by_index[index]))
+        else:  # an empty text: nothing to predict from
+            line.update(predicted=None, skipped="empty text")
+        out.append(line)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -100,8 +119,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("name")
     parser.add_argument("--checkpoint")
     parser.add_argument("--data")
+    parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
-    run_eval(args.run_dir, args.checkpoint, args.data, args.name)
+    run_eval(args.run_dir, args.checkpoint, args.data, args.name, args.set)
     return 0
 
 

@@ -114,7 +114,8 @@ class Task:
         raise NotImplementedError
 
     def prediction(self, record: dict) -> dict:
-        """What `launcher predict` prints for one example (a full record)."""
+        """What `launcher predict` adds to an input row (from a full record): `predicted`,
+        and `score` or `scores` where the task has them."""
         raise NotImplementedError
 
 

@@ -123,9 +123,5 @@ class SequenceClassification(Task):
         return table
 
     def prediction(self, record: dict) -> dict:
-        out = {"id": record["id"], "text": record["text"]}
-        if "pair" in record:
-            out["pair"] = record["pair"]
-        out.update(label=self.labels[record["pred"]], confidence=round(record["confidence"], 6),
-                   top=[[name, round(p, 6)] for name, p in record["top"]])
-        return out
+        return {"predicted": self.labels[record["pred"]], "score": round(record["confidence"], 6),
+                "top": [[name, round(p, 6)] for name, p in record["top"]]}

@@ -108,6 +108,5 @@ class MultiLabelClassification(SequenceClassification):
         return table
 
     def prediction(self, record: dict) -> dict:
-        return {"id": record["id"], "text": record["text"],
-                "labels": [self.labels[k] for k in record["pred"]],
+        return {"predicted": [self.labels[k] for k in record["pred"]],
                 "scores": {k: round(v, 6) for k, v in record["scores"].items()}}

@@ -4,7 +4,8 @@ A long context is split into windows of data.max_length tokens that overlap by
 data.doc_stride tokens. Every window of an example is encoded in the same batch, so the span
 post-processing sees all of them together: the best span over all windows is compared with the
 null score ([CLS] start + [CLS] end, the lowest over windows), and mapped back to characters of
-the context through the tokenizer's offsets.
+the context through the tokenizer's offsets. The question is answered when best - null >
+task.null_threshold; that decision is final: predict prints it and eval scores it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from launcher.metrics.squad_v2 import f1 as span_f1
 from launcher.tasks.base import Task, row_error
 
 N_BEST = 20
+# |task.null_threshold| beyond this decides every question the same way, whatever the model says.
+NULL_LIMIT = 100.0
 
 
 class QuestionAnswering(Task):
@@ -45,6 +48,13 @@ class QuestionAnswering(Task):
             raise RecipeError("data.doc_stride", f"is {self.stride} but must be between 1 and "
                               f"half of data.max_length ({self.data.max_length // 2})",
                               f"set data.doc_stride to about {self.data.max_length // 4}")
+        t = self.cfg.null_threshold
+        if not -NULL_LIMIT <= t <= NULL_LIMIT:  # NaN fails both comparisons
+            raise RecipeError("task.null_threshold", f"is {t}, outside -{NULL_LIMIT:g}..."
+                              f"{NULL_LIMIT:g}: it is compared with best span score minus "
+                              "no-answer score (sums of two logits, in practice within about "
+                              f"+-40), so {t} would answer every question with a span or none",
+                              "keep it near 0 (0.0 is the usual value; tune it on eval data)")
         if self.cfg.max_answer_length < 1:
             raise RecipeError("task.max_answer_length", "must be 1 or more",
                               "set task.max_answer_length to e.g. 30")
@@ -147,9 +157,8 @@ class QuestionAnswering(Task):
             scores = torch.tensor([null, *candidates]) if candidates else torch.tensor([null])
             chosen = best if answered else null
             rec = {"index": batch["index"][j], "id": batch["ids"][j],
+                   # The decided answer ("" for no answer): what predict prints and eval scores.
                    "pred": text if answered else "",
-                   # higher means "no answer" is likelier: the official script's na_prob order
-                   "na_score": null - best if best is not None else 1e9,
                    "confidence": (chosen - torch.logsumexp(scores, 0)).exp().item()}
             if meta["golds"] is not None:
                 golds = meta["golds"][j]
@@ -183,8 +192,9 @@ class QuestionAnswering(Task):
         return text, best, null, candidates
 
     def metrics(self, records: list[dict]) -> dict[str, Any]:
-        report = squad_v2_report([r["golds"] for r in records], [r["pred"] for r in records],
-                                 na_probs=[r["na_score"] for r in records])
+        # The answers as decided at task.null_threshold, with no no-answer probabilities: the
+        # scorer applies no second threshold, so the metrics are those of what predict answers.
+        report = squad_v2_report([r["golds"] for r in records], [r["pred"] for r in records])
         return {"loss": math.fsum(r["loss"] for r in records) / max(len(records), 1),
                 "examples": len(records), **report}
 
@@ -211,8 +221,8 @@ class QuestionAnswering(Task):
         return table
 
     def prediction(self, record: dict) -> dict:
-        return {"id": record["id"], "question": record["question"],
-                "answer": record["pred"] or None, "confidence": round(record["confidence"], 6)}
+        # "" for no answer, as in SQuAD v2 prediction files: eval scores exactly these.
+        return {"predicted": record["pred"], "score": round(record["confidence"], 6)}
 
 
 def _positions(offsets: list, answers: list[tuple[str, int]]) -> tuple[int, int]:

@@ -158,8 +158,8 @@ class TokenClassification(Task):
         return table
 
     def prediction(self, record: dict) -> dict:
-        return {"id": record["id"], "text": " ".join(record["words"]),
-                "entities": _spans(record["words"], record["pred"]), "tags": record["pred"]}
+        return {"predicted": record["pred"],
+                "entities": _spans(record["words"], record["pred"])}
 
 
 def _spans(words: list[str], tags: list[str]) -> list[list]:

@@ -1,0 +1,213 @@
+"""A checkpoint is a file anyone with write access to the run directory could have replaced (and
+re-signed: the manifest proves a file whole, not who wrote it). Loading one must not run code:
+crafted DCP and ZeRO checkpoints are refused, named, and the run falls back to an older one; the
+payload's marker file is never created.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import pickle
+import pickletools
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, cli_env, launcher
+from launcher import checkpoint_scan, checkpoints
+from launcher.run_dir import RunDir
+
+MARKER_ENV = "LAUNCHER_TEST_PAYLOAD_MARKER"
+
+
+class Payload:
+    """Unpickling this runs `exec`: it writes the file named by MARKER_ENV (or `default`)."""
+
+    def __init__(self, default: Path):
+        self.code = (f"import os; open(os.environ.get({MARKER_ENV!r}, {str(default)!r}), 'w')"
+                     ".write('payload ran')")
+
+    def __reduce__(self):
+        return builtins.exec, (self.code,)
+
+
+def resign(ckpt: Path) -> None:
+    """What anyone who can write the directory can do: a manifest matching the new files."""
+    entries = checkpoints.describe(checkpoints.files_of(ckpt), ckpt)
+    checkpoints.write_manifest(ckpt, checkpoints.step_of(ckpt), entries)
+    assert checkpoints.problem(ckpt) is None
+
+
+# ---- the scanner, on files torch.save writes ------------------------------------------------
+
+def _state() -> dict:
+    return {"optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(3)}}},
+            "param_shapes": [torch.Size([3])], "ds_version": "0.19.8"}
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_scanner_passes_tensors_and_names_an_injected_global(tmp_path, zipped):
+    clean, bad = tmp_path / "clean.pt", tmp_path / "bad.pt"
+    torch.save(_state(), clean, _use_new_zipfile_serialization=zipped)
+    assert set(checkpoint_scan.torch_file_globals(clean)) <= {
+        "torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "collections.OrderedDict",
+        "torch.Size"}
+    torch.save({**_state(), "x": Payload(tmp_path / "marker")}, bad,
+               _use_new_zipfile_serialization=zipped)
+    assert "builtins.exec" in checkpoint_scan.torch_file_globals(bad)
+    directory = tmp_path / "deepspeed"
+    directory.mkdir()
+    clean.rename(directory / "clean.pt")
+    assert checkpoint_scan.deepspeed_refusal(directory) is None
+    bad.rename(directory / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    why = checkpoint_scan.deepspeed_refusal(directory)
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt names the global builtins.exec" in why
+    assert not (tmp_path / "marker").exists()
+
+
+def test_scanner_sees_through_memo_tricks_and_refuses_what_it_cannot_name():
+    # module and name memoized, popped, fetched back: STACK_GLOBAL still resolves them.
+    hidden = (b"\x80\x04\x8c\x08builtins\x94\x8c\x04exec\x94" b"00" b"h\x00h\x01\x93"
+              b"\x8c\x01x\x85R.")
+    pickletools.dis(hidden, out=io.StringIO())  # a valid pickle
+    assert checkpoint_scan.pickle_globals(hidden) == ["builtins.exec"]
+    # the name comes out of a computation the scanner cannot follow: refused, not guessed.
+    computed = b"\x80\x04\x8c\x08builtins\x94\x8c\x04exec\x8c\x01x\x86" b"0" b"\x93."
+    with pytest.raises(checkpoint_scan.Refused, match="STACK_GLOBAL"):
+        checkpoint_scan.pickle_globals(computed)
+    with pytest.raises(checkpoint_scan.Refused, match="EXT1"):
+        checkpoint_scan.pickle_globals(b"\x80\x02\x82\x01.")
+    # a dotted name through an allowed module is not the allowed global
+    assert not checkpoint_scan.allowed_deepspeed_global("collections.OrderedDict.os")
+    assert checkpoint_scan.allowed_deepspeed_global("collections.OrderedDict")
+    # protocol 0 (text) pickles are pickles too
+    assert checkpoint_scan.pickle_globals(pickle.dumps(Payload(Path("m")), protocol=0)) == \
+        ["builtins.exec"]
+
+
+# ---- DCP: a model entry replaced by pickled bytes, on resume and on eval --------------------
+
+def craft_dcp(ckpt: Path, key: str, payload: Payload) -> None:
+    """Replace tensor entry `key` of ckpt/dcp by a bytes entry holding a pickled payload, the
+    way torch's DCP writes bytes (the metadata file is our own, so plain pickle reads it)."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    meta_path = ckpt / "dcp" / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())
+    assert key in meta.state_dict_metadata
+    shard = ckpt / "dcp" / "__0_0.distcp"
+    data = pickle.dumps(payload)
+    offset = shard.stat().st_size
+    with shard.open("ab") as fh:
+        fh.write(data)
+    meta.state_dict_metadata[key] = BytesStorageMetadata()
+    meta.storage_data = {i: s for i, s in meta.storage_data.items() if i.fqn != key}
+    meta.storage_data[MetadataIndex(key)] = _StorageInfo("__0_0.distcp", offset, len(data))
+    meta_path.write_bytes(pickle.dumps(meta))
+    resign(ckpt)
+
+
+@pytest.fixture(scope="module")
+def preempted_ddp(tmp_path_factory) -> RunDir:
+    """A 1-process tiny run stopped by SIGTERM after step 3: checkpoints step 2 and step 3."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    env = dict(cli_env(), LAUNCHER_FAULT="at=step,step=3,rank=0,do=TERM")
+    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(TINY), "run.max_steps=4",
+                           "run.epochs=None", "eval.every=0", "eval.max_examples=32",
+                           "checkpoint.every=2",
+                           "checkpoint.keep_last=3", f"run.output_dir={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rd = RunDir(out)
+    assert [p.name for p in checkpoints.complete(rd)] == ["step-0000002", "step-0000003"]
+    return rd
+
+
+def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_before(
+        preempted_ddp, tmp_path, monkeypatch):
+    rd = preempted_ddp
+    marker = tmp_path / "dcp-payload-ran"
+    key = "model.classifier.bias"
+    craft_dcp(rd.checkpoint(3), key, Payload(marker))
+
+    # The threat is real: torch's own DCP reader runs the payload (here into a marker of its own).
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    probe = tmp_path / "probe-marker"
+    monkeypatch.setenv(MARKER_ENV, str(probe))
+    with pytest.raises(BaseException):  # DCP's CheckpointException, after the payload ran
+        dcp.load({"model": {"classifier.bias": torch.zeros(4)}},
+                 storage_reader=FileSystemReader(str(rd.checkpoint(3) / "dcp")), no_dist=True)
+    assert probe.exists()
+    monkeypatch.delenv(MARKER_ENV)
+
+    # Our readers name checkpoint and key, before launch and in the engine, and fall back.
+    why = checkpoint_scan.refusal(rd.checkpoint(3))
+    assert f"entry '{key}' is BytesStorageMetadata, not a tensor" in why
+    assert str(rd.checkpoint(3)) in why
+    assert checkpoints.choose(rd).path == rd.checkpoint(2)
+    proc = launcher("resume", rd.root, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "checkpoint step-0000003 is refused" in proc.stderr
+    assert "resuming" in proc.stdout and "from step 2 " in proc.stdout
+    assert "resumed from step-0000002" in proc.stdout.replace("\n", " ")
+    assert not marker.exists()
+
+    # eval/predict refuse it too, in one line; step-N and step-000000N name the same checkpoint.
+    from launcher.cli import main
+    from launcher.trained import pick_checkpoint
+
+    assert pick_checkpoint(rd, "step-4") == pick_checkpoint(rd, "step-0000004") == "step-0000004"
+    for name in ("step-3", "step-0000003"):
+        assert main(["eval", str(rd.root), "--checkpoint", name]) == 2
+    assert not marker.exists()
+
+
+# ---- ZeRO: a payload global injected into DeepSpeed's optimizer shard -----------------------
+
+def craft_zero(ckpt: Path, payload: Payload) -> None:
+    shard = ckpt / "deepspeed" / "state" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    state = torch.load(shard, weights_only=False)  # our own file, written by this test's run
+    state["payload"] = payload
+    torch.save(state, shard)
+    resign(ckpt)
+
+
+def assert_crafted_zero_is_refused(rd: RunDir, tmp_path: Path) -> None:
+    """Called by tests/test_strategies.py on its preempted 2-rank zero2 run (checkpoints 10
+    and 13), so that no ZeRO run is launched for this alone: a copy gets a payload in its
+    newest checkpoint, then in both."""
+    import shutil
+
+    from launcher.cli import main
+
+    copy = RunDir(tmp_path / "crafted")
+    shutil.copytree(rd.root, copy.root)
+    marker = tmp_path / "zero-payload-ran"
+    newest, older = checkpoints.complete(copy)[-1], checkpoints.complete(copy)[-2]
+    craft_zero(newest, Payload(marker))
+    why = checkpoint_scan.refusal(newest)
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt names the global builtins.exec" in why
+    # the engine's choice (rank 0 hashes and scans) and the pre-launch check both fall back
+    assert checkpoints.choose(copy).path == older
+    assert checkpoints.loadable(copy).path == older
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["resume", str(copy.root), "--dry-run"]) == 0
+    assert f"checkpoint {newest.name} is refused" in err.getvalue()
+    assert f"from step {checkpoints.step_of(older)} " in out.getvalue()
+    craft_zero(older, Payload(marker))
+    assert checkpoints.choose(copy).path is None and len(checkpoints.choose(copy).warnings) == 2
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["resume", str(copy.root), "--dry-run"]) == 2
+    assert "no checkpoint in" in err.getvalue() and "is safe to load" in err.getvalue()
+    assert not marker.exists()
