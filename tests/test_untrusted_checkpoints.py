@@ -37,7 +37,8 @@ class Payload:
 
 def resign(ckpt: Path) -> None:
     """What anyone who can write the directory can do: a manifest matching the new files."""
-    entries = checkpoints.describe(checkpoints.files_of(ckpt), ckpt)
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != checkpoints.MANIFEST)
+    entries = checkpoints.describe(files, ckpt)
     checkpoints.write_manifest(ckpt, checkpoints.step_of(ckpt), entries)
     assert checkpoints.problem(ckpt) is None
 
