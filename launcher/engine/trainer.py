@@ -26,7 +26,7 @@ from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
 from launcher.bench import flops, write_result
-from launcher.engine import checkpoint, data, faults, packing
+from launcher.engine import checkpoint, data, faults, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer
@@ -229,7 +229,7 @@ class Trainer:
         device = acc.device
         window = self.window = LogWindow(device)
         if self.is_main and self.window_carried:
-            window.restore(self.window_carried)
+            window.restore(self.window_carried, plan.global_batch // plan.micro_batch)
         start, start_step = time.perf_counter(), self.step
         final_loss = float("nan")
         progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
@@ -240,6 +240,9 @@ class Trainer:
         self.model.train()
         with progress or contextlib.nullcontext():
             while self.step < plan.total_steps:
+                # The whole step is read before its first backward: its loss is divided by
+                # the step's labelled units over all ranks (step_loss.py).
+                micro_batches = []
                 for _ in range(plan.grad_accum):
                     if timer:
                         timer.data_begin()
@@ -249,18 +252,12 @@ class Trainer:
                     self.epoch = self.position.epoch
                     if self.trace:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
-                    inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
-                    labels = inputs["labels"]
-                    with acc.accumulate(self.model), \
-                            packing.pooled_at(self.pooler, inputs.get("cls_index")):
-                        outputs = self.model(**packing.model_inputs(inputs))
-                        loss = self.task.loss(outputs, labels, self.class_weights)
-                        acc.backward(loss)
-                        if acc.sync_gradients and plan.recipe.optim.max_grad_norm > 0:
-                            acc.clip_grad_norm_(self.model.parameters(), plan.recipe.optim.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    window.add_micro_batch(loss, packing.token_mask(batch["inputs"]))
+                    micro_batches.append({k: v.to(device, non_blocking=True)
+                                          for k, v in batch["inputs"].items()})
+                    window.add_micro_batch(packing.token_mask(batch["inputs"]))
+                window.add_step_loss(step_loss.train_step(
+                    acc, self.model, self.optimizer, self.task, micro_batches, self.class_weights,
+                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm))
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1

@@ -90,7 +90,18 @@ class Task:
         raise NotImplementedError
 
     # -- outputs -> loss, records, metrics -----------------------------------------------------
-    def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    # A step's loss is loss_sum over all its micro batches and ranks divided by units over
+    # the same (launcher/engine/step_loss.py): a unit weighs the same however the step is
+    # split. For one micro batch, loss_sum / units is PyTorch's mean-reduced loss.
+    def loss_sum(self, outputs: Any, labels: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> torch.Tensor:
+        """The summed (class-weighted) loss of the batch's labelled units, a float32 scalar."""
+        raise NotImplementedError
+
+    def units(self, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        """What loss_sum is a sum over: the count (or with class weights, the summed weight) of
+        the batch's labelled units, a float64 scalar on the labels' device, computed from the
+        labels alone (before the forward) and without a host sync."""
         raise NotImplementedError
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:

@@ -61,10 +61,19 @@ class SequenceClassification(Task):
         return {"inputs": inputs, "ids": self._ids(rows, texts), "index": list(indices),
                 "meta": {"texts": texts, "pairs": pairs}}
 
-    def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, outputs: Any, labels: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> torch.Tensor:
         import torch.nn.functional as F
         return F.cross_entropy(outputs.logits.float(), labels, weight=weights,
-                               label_smoothing=self.cfg.label_smoothing)
+                               label_smoothing=self.cfg.label_smoothing, reduction="sum")
+
+    def units(self, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch
+        # Examples; with class weights, the summed weight of their classes (what PyTorch's
+        # weighted mean divides by, label smoothing included).
+        if weights is None:
+            return labels.new_full((), labels.shape[0], dtype=torch.float64)
+        return weights.double()[labels].sum()
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
         import torch.nn.functional as F

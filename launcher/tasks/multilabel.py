@@ -51,11 +51,18 @@ class MultiLabelClassification(SequenceClassification):
         return {"inputs": inputs, "ids": self._ids(rows, texts), "index": list(indices),
                 "meta": {"texts": texts, "pairs": pairs}}
 
-    def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, outputs: Any, labels: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> torch.Tensor:
         import torch.nn.functional as F
         # Class weights act on the positive term of each label, the usual remedy for rare tags.
         return F.binary_cross_entropy_with_logits(outputs.logits.float(), labels.float(),
-                                                  pos_weight=weights)
+                                                  pos_weight=weights, reduction="sum")
+
+    def units(self, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch
+        # One unit per (example, label) decision, as BCE's mean has it; pos_weight scales a
+        # positive term but is no normaliser, so the count is the same with class weights.
+        return labels.new_full((), labels.numel(), dtype=torch.float64)
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
         import torch.nn.functional as F

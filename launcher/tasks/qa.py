@@ -129,11 +129,17 @@ class QuestionAnswering(Task):
                          "contexts": contexts,
                          "golds": None if answers is None else [[a for a, _ in x] for x in answers]}}
 
-    def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, outputs: Any, labels: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> torch.Tensor:
         import torch.nn.functional as F
-        start = F.cross_entropy(outputs.start_logits.float(), labels[:, 0])
-        end = F.cross_entropy(outputs.end_logits.float(), labels[:, 1])
+        start = F.cross_entropy(outputs.start_logits.float(), labels[:, 0], reduction="sum")
+        end = F.cross_entropy(outputs.end_logits.float(), labels[:, 1], reduction="sum")
         return (start + end) / 2
+
+    def units(self, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch
+        # Windows: a long context's windows each count, as each is a training example of its own.
+        return labels.new_full((), labels.shape[0], dtype=torch.float64)
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
         import torch

@@ -98,11 +98,22 @@ class TokenClassification(Task):
         return {"inputs": inputs, "ids": ids, "index": list(indices),
                 "meta": {"words": words, "first": first, "gold": gold}}
 
-    def loss(self, outputs: Any, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, outputs: Any, labels: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> torch.Tensor:
         import torch.nn.functional as F
         logits = outputs.logits.float()
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), weight=weights,
-                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing)
+                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing,
+                               reduction="sum")
+
+    def units(self, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        import torch
+        # Labelled tokens (each word's first piece); with class weights, their summed weight.
+        labelled = labels != IGNORE
+        if weights is None:
+            return labelled.sum(dtype=torch.float64)
+        # Masked by multiplication, not indexing: a boolean index would wait for the device.
+        return (weights.double()[labels.clamp(min=0)] * labelled).sum()
 
     def records(self, outputs: Any, batch: dict[str, Any], *, full: bool = False) -> list[dict]:
         import torch.nn.functional as F
