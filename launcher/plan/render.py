@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
+from launcher import families
 from launcher.plan.build import Plan
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
@@ -88,7 +89,7 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
             "fsdp_config": {
                 "fsdp_version": 2,
                 "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "fsdp_transformer_layer_cls_to_wrap": "BertLayer",
+                "fsdp_transformer_layer_cls_to_wrap": _fsdp_block(plan),
                 "fsdp_reshard_after_forward": True,
                 "fsdp_state_dict_type": "SHARDED_STATE_DICT",
                 "fsdp_cpu_ram_efficient_loading": True,
@@ -96,6 +97,13 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
             },
         })
     return config
+
+
+def _fsdp_block(plan: Plan) -> str:
+    # The model family's block (launcher/families.py); BERT's when the config cannot be read
+    # before launch (a hub model not in the cache): the engine wraps what the model has.
+    config = families.read_config(plan.recipe.model.name) or {}
+    return families.block_class(config.get("model_type", "bert"))
 
 
 def launch_script(plan: Plan, plan_dir: Path) -> str:
