@@ -46,16 +46,18 @@ def configs(vocab: int = 251, bpe_vocab: int = 400) -> dict[str, transformers.Pr
 
 
 def _bpe_tokenizer(out: Path, size: int) -> None:
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import ByteLevelBPETokenizer, processors
 
     lines = (REPO / "data" / "tiny_news" / "train.jsonl").read_text().splitlines()
-    texts = [json.loads(line)["text"] for line in lines]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=size, min_frequency=2, show_progress=False,
+    bpe.train_from_iterator([json.loads(line)["text"] for line in lines], vocab_size=size,
+                            min_frequency=2, show_progress=False,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save_model(str(out))
-    transformers.RobertaTokenizerFast(vocab_file=str(out / "vocab.json"),
-                                      merges_file=str(out / "merges.txt")).save_pretrained(out)
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    transformers.RobertaTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+    ).save_pretrained(out)
 
 
 def build(root: Path) -> dict[str, Path]:
