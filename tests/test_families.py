@@ -91,6 +91,19 @@ def test_every_task_trains_every_family_with_dropout_and_head_overrides(
         assert len(layers) == 1 and layers[0][0].out_features == 16
 
 
+def test_a_model_without_token_types_gets_none_from_its_tokenizer_or_its_export(family_models,
+                                                                             tmp_path):
+    """DistilBERT with a BERT WordPiece tokenizer (which makes token type ids)."""
+    import transformers
+
+    recipe = _recipe("tiny_nli", family_models["distilbert"])
+    tokenizer = build_tokenizer(recipe.model)
+    assert "token_type_ids" not in tokenizer("a premise", "a hypothesis")
+    tokenizer.save_pretrained(tmp_path / "final")
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "final")
+    assert "token_type_ids" not in again("a premise", "a hypothesis")
+
+
 FREEZE = {"embeddings": ["model.freeze_embeddings=true"], "first-layer": ["model.freeze_layers=1"],
           "encoder": ["model.freeze_encoder=true"]}
 
