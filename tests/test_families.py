@@ -160,11 +160,13 @@ def test_a_model_type_outside_the_table_is_refused_before_launch(tmp_path, capsy
     assert "'gpt2' model" in err and "bert, roberta, xlm-roberta" in err and "modernbert" in err
 
 
-POOLING = [(f, "cls") for f in FAMILIES] + [("modernbert", "mean")]
+# Sentence pairs (token types, two segments) in every family; multi-label's loss once.
+PACKED = ([(f, "cls", "nli-pairs") for f in FAMILIES] + [("modernbert", "mean", "nli-pairs"),
+                                                          ("modernbert", "mean", "multilabel")])
 
 
-@pytest.mark.parametrize("task_name", ["nli-pairs", "multilabel"])
-@pytest.mark.parametrize("family,pooling", POOLING, ids=[f"{f}-{p}" for f, p in POOLING])
+@pytest.mark.parametrize("family,pooling,task_name", PACKED,
+                         ids=["-".join(cell) for cell in PACKED])
 def test_packed_equals_padded_loss_and_gradients_in_every_family(family_models, family, pooling,
                                                                  task_name):
     recipe_name, _ = TASKS[task_name]

@@ -8,10 +8,11 @@ products over pad tokens. Packing puts a micro batch's examples into as few rows
   - each example's own token type ids,
   - a block-diagonal attention mask [rows, 1, T, T] (True = may attend), so no token sees
     another example; pad tokens attend to each other only, so no softmax row is empty,
-  - `cls_index`: where each example's [CLS] landed in the flattened rows, in the micro
-    batch's order, so the pooler reads one vector per example and the logits come out in the
+  - `cls_index`: where each example's first token landed in the flattened rows, in the micro
+    batch's order, so the head pools one vector per example and the logits come out in the
     same order as the plain path's. The loss is therefore the same function of the same
-    examples (tests/test_packing.py: loss and gradients to 1e-5 in fp32).
+    examples (tests/test_packing.py, and tests/test_families.py for every model family:
+    loss and gradients to 1e-5 in fp32). `PackedPooling` adapts this to each family.
 
 The micro batch keeps its examples (the data position, resume and the ledger are unchanged);
 only their layout changes. Runs in DataLoader workers, on CPU tensors.
