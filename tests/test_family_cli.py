@@ -14,6 +14,7 @@ import sys
 
 from conftest import REPO, TINY, cli_env, launcher
 import tiny_families
+from launcher import cli
 from launcher.run_dir import RunDir
 
 
@@ -25,7 +26,8 @@ def _run(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predicts(tmp_path):
+def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predicts(tmp_path,
+                                                                                   capsys):
     model = tiny_families.build(tmp_path / "models")["modernbert"]
     out = tmp_path / "run"
     args = ["run", TINY, f"model.name={model}", "model.tokenizer=none", "data.packing=true",
@@ -55,9 +57,11 @@ def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predict
     assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-3000:]
     metrics = json.loads((rd.eval / "final-on-eval" / "metrics.json").read_text())
     assert metrics["examples"] == 128 and "accuracy" in metrics
-    predicted = launcher("predict", out, "--text", "Striker scores goal in cup final match")
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    answer = json.loads(predicted.stdout.strip().splitlines()[-1])
+    # `predict` runs in the CLI's own process: in this one
+    rc = cli.main(["predict", str(out), "--text", "Striker scores goal in cup final match"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    answer = json.loads(printed.strip().splitlines()[-1])
     assert answer["label"] in ("World", "Sports", "Business", "Sci/Tech")
 
 
