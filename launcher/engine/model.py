@@ -1,8 +1,10 @@
 """Tokenizer and model from the recipe: hub name or local directory, pretrained or fresh.
 
-The task picks the head (sequence, token or span classification). An optional extra head
-layer (model.head_hidden) is recorded in the config as `launcher_head`, so `load_trained`
-rebuilds the same module before loading the exported or checkpointed weights.
+The task picks the head (sequence, token or span classification); the model's family
+(launcher/families.py) says where its embeddings and blocks are, what its dropouts are called
+and whether it reads token type ids. An optional extra head layer (model.head_hidden) is
+recorded in the config as `launcher_head`, so `load_trained` rebuilds the same module before
+loading the exported or checkpointed weights.
 """
 
 from __future__ import annotations
@@ -14,21 +16,48 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 
+from launcher import families
 from launcher.errors import RecipeError
 from launcher.recipe.schema import ModelConfig
 from launcher.tasks import Task
 
 
+def family_of(config: Any) -> families.Family:
+    return families.for_type(getattr(config, "model_type", None))
+
+
+def uses_token_types(config: Any) -> bool:
+    return family_of(config).token_types and getattr(config, "type_vocab_size", 0) > 1
+
+
+def fsdp_block(cfg: ModelConfig) -> str:
+    """The class of the model family's transformer block: FSDP makes one unit of each."""
+    return families.block_class(AutoConfig.from_pretrained(cfg.name).model_type)
+
+
 def build_tokenizer(cfg: ModelConfig) -> Any:
-    return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name)
+    return fit_tokenizer(tokenizer, AutoConfig.from_pretrained(cfg.name))
+
+
+def fit_tokenizer(tokenizer: Any, config: Any) -> Any:
+    """A model without token types (DistilBERT, ModernBERT, RoBERTa's one type) is not given
+    them, whichever tokenizer the recipe names; saved with the export, so `final/` agrees."""
+    names = list(tokenizer.model_input_names)
+    if "token_type_ids" in names and not uses_token_types(config):
+        names.remove("token_type_ids")
+        tokenizer.model_input_names = names
+        tokenizer.init_kwargs["model_input_names"] = names
+    return tokenizer
 
 
 def build_model(cfg: ModelConfig, task: Task) -> Any:
     overrides: dict[str, Any] = dict(cfg.config_overrides)
+    family = family_of(AutoConfig.from_pretrained(cfg.name))
     if cfg.dropout is not None:
-        overrides.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+        overrides.update(dict.fromkeys(family.dropout, cfg.dropout))
     if cfg.classifier_dropout is not None:
-        overrides["classifier_dropout"] = cfg.classifier_dropout
+        overrides.update(dict.fromkeys(family.classifier_dropout, cfg.classifier_dropout))
     config = AutoConfig.from_pretrained(cfg.name, **task.config_kwargs(), **overrides)
     auto = getattr(transformers, task.auto_model)
     if cfg.pretrained:
@@ -37,38 +66,58 @@ def build_model(cfg: ModelConfig, task: Task) -> Any:
         model = auto.from_config(config)
     if cfg.head_hidden is not None:
         dropout = next(p for p in (cfg.head_dropout, cfg.classifier_dropout,
-                                   getattr(config, "hidden_dropout_prob", 0.1)) if p is not None)
+                                   getattr(config, family.dropout[0], 0.1)) if p is not None)
         config.launcher_head = {"hidden": cfg.head_hidden, "dropout": dropout}
         _add_head(model, config)
-    _freeze(model, cfg)
+    _freeze(model, cfg, family)
     return model
 
 
+def module_at(root: Any, path: str) -> Any:
+    """The submodule at a dotted path ("" is root itself), or None."""
+    for name in filter(None, path.split(".")):
+        root = getattr(root, name, None)
+    return root
+
+
 def _add_head(model: Any, config: Any) -> None:
+    # The output layer of a classification head: `classifier`, or the `out_proj` at the end
+    # of RoBERTa's and ELECTRA's two-layer sequence heads.
+    owner, name = model, "classifier"
     head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear) and isinstance(getattr(head, "out_proj", None),
+                                                            torch.nn.Linear):
+        owner, name, head = head, "out_proj", head.out_proj
     if not isinstance(head, torch.nn.Linear):
-        raise RecipeError("model.head_hidden", f"needs a model whose classifier is one linear "
-                          f"layer (BERT-style); {type(model).__name__} has "
-                          f"{type(head).__name__}", "remove model.head_hidden for this model")
+        raise RecipeError("model.head_hidden", f"needs a classification head ending in one "
+                          f"linear layer; {type(model).__name__} has {type(head).__name__}",
+                          "remove model.head_hidden for this model")
     spec = config.launcher_head
-    model.classifier = torch.nn.Sequential(
+    setattr(owner, name, torch.nn.Sequential(
         torch.nn.Linear(head.in_features, spec["hidden"]), torch.nn.GELU(),
-        torch.nn.Dropout(spec["dropout"]), torch.nn.Linear(spec["hidden"], head.out_features))
+        torch.nn.Dropout(spec["dropout"]), torch.nn.Linear(spec["hidden"], head.out_features)))
 
 
-def _freeze(model: Any, cfg: ModelConfig) -> None:
+def _freeze(model: Any, cfg: ModelConfig, family: families.Family) -> None:
     base = model.base_model
-    if cfg.freeze_embeddings or cfg.freeze_encoder:
-        base.embeddings.requires_grad_(False)
-    layers = base.encoder.layer
-    if cfg.freeze_layers > len(layers):
-        raise RecipeError("model.freeze_layers", f"is {cfg.freeze_layers} but {cfg.name} has "
-                          f"{len(layers)} encoder layers", f"set it to {len(layers)} or fewer, "
-                          "or use model.freeze_encoder")
-    for layer in layers[:len(layers) if cfg.freeze_encoder else cfg.freeze_layers]:
+    if cfg.freeze_encoder:
+        # Everything but the task head (which lives outside the base model in every family).
+        base.requires_grad_(False)
+        return
+    if cfg.freeze_embeddings:
+        for path in family.embeddings:
+            module = module_at(base, path)
+            if module is not None:
+                module.requires_grad_(False)
+    if not cfg.freeze_layers:
+        return
+    n = families.freezable_layers(family, model.config.to_dict())
+    layers = module_at(base, family.layers)
+    if n is None or cfg.freeze_layers > len(layers):
+        # The plan refuses these for a config it can read; a hub model read only here too.
+        families.check_freeze(cfg, family, model.config.to_dict())
+    for layer in layers[:cfg.freeze_layers]:
         layer.requires_grad_(False)
-    if cfg.freeze_encoder and getattr(base, "pooler", None) is not None:
-        base.pooler.requires_grad_(False)
 
 
 def load_trained(model_dir: Path, task: Task,
@@ -76,6 +125,7 @@ def load_trained(model_dir: Path, task: Task,
     """A trained model from an export (`final/`) or, with `weights` (a checkpoint's model
     state), the export's config with those weights."""
     config = AutoConfig.from_pretrained(model_dir)
+    family_of(config)
     auto = getattr(transformers, task.auto_model)
     if getattr(config, "launcher_head", None) is None and weights is None:
         return auto.from_pretrained(model_dir)

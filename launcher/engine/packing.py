@@ -8,10 +8,11 @@ products over pad tokens. Packing puts a micro batch's examples into as few rows
   - each example's own token type ids,
   - a block-diagonal attention mask [rows, 1, T, T] (True = may attend), so no token sees
     another example; pad tokens attend to each other only, so no softmax row is empty,
-  - `cls_index`: where each example's [CLS] landed in the flattened rows, in the micro
-    batch's order, so the pooler reads one vector per example and the logits come out in the
+  - `cls_index`: where each example's first token landed in the flattened rows, in the micro
+    batch's order, so the head pools one vector per example and the logits come out in the
     same order as the plain path's. The loss is therefore the same function of the same
-    examples (tests/test_packing.py: loss and gradients to 1e-5 in fp32).
+    examples (tests/test_packing.py, and tests/test_families.py for every model family:
+    loss and gradients to 1e-5 in fp32). `PackedPooling` adapts this to each family.
 
 The micro batch keeps its examples (the data position, resume and the ledger are unchanged);
 only their layout changes. Runs in DataLoader workers, on CPU tensors.
@@ -95,37 +96,94 @@ def lengths_squared(inputs: dict[str, torch.Tensor]) -> int:
     return int(((2 * positions + 1) * mask).sum())
 
 
-class IndexedPooler(torch.nn.Module):
-    """BERT's pooler (same weights, same state-dict keys) that reads the vectors at
-    `self.index` of the flattened rows when one is set, and each row's first otherwise."""
+class PackedPooling:
+    """Hooks that let a model of any family (launcher/families.py) read a packed micro batch.
 
-    def __init__(self, pooler: torch.nn.Module):
-        super().__init__()
-        self.dense, self.activation = pooler.dense, pooler.activation
+    While `index` is set (see `pooled_at`), the model's own forward gets no attention mask or
+    position ids (ModernBERT's mean pooling would read the mask); the base model gets them as
+    its family needs them: positions from padding_idx + 1 for RoBERTa, a block mask per
+    attention kind for ModernBERT (its sliding-window layers: the block AND the window, which
+    is the same window as in a padded row because an example's tokens stay contiguous). The
+    module whose output the pooled head reads (BERT's and ALBERT's encoder, before their
+    pooler; the base model otherwise) then returns one vector per example, [examples, 1, H]:
+    the token at `index`, or ModernBERT's mean over the example's tokens. Heads that read the
+    first token read exactly that. No module is replaced: state-dict keys stay the same.
+    """
+
+    def __init__(self, model: Any):
+        from launcher.engine.model import family_of, module_at
+
+        family = family_of(model.config)
+        config = model.config
         self.index: Optional[torch.Tensor] = None
+        self._stash: Optional[tuple] = None
+        self.offset = config.pad_token_id + 1 if family.positions_after_pad else 0
+        self.window = config.sliding_window if family.sliding_window else None
+        self.mean = getattr(config, "classifier_pooling", "cls") == "mean"
+        base = model.base_model
+        model.register_forward_pre_hook(self._take, with_kwargs=True)
+        base.register_forward_pre_hook(self._give, with_kwargs=True)
+        module_at(base, family.pool_at).register_forward_hook(self._pool)
+        if family.embeddings_mask:
+            self._mask_kwarg = family.embeddings_mask
+            base.embeddings.register_forward_pre_hook(self._unmask, with_kwargs=True)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _unmask(self, module, args, kwargs):
         if self.index is None:
-            first = hidden_states[:, 0]
+            return None
+        kwargs[self._mask_kwarg] = None
+        return args, kwargs
+
+    def _take(self, module, args, kwargs):
+        if self.index is None:
+            return None
+        self._stash = (kwargs.pop("attention_mask"), kwargs.pop("position_ids"))
+        return args, kwargs
+
+    def _give(self, module, args, kwargs):
+        if self.index is None:
+            return None
+        mask, positions = self._stash
+        if self.window is not None:
+            t = torch.arange(mask.shape[-1], device=mask.device)
+            near = (t[:, None] - t[None, :]).abs() <= self.window
+            mask = {"full_attention": mask, "sliding_attention": mask & near}
+        kwargs.update(attention_mask=mask, position_ids=positions + self.offset)
+        return args, kwargs
+
+    def _pool(self, module, args, output):
+        if self.index is None:
+            return None
+        hidden = output[0]
+        flat = hidden.flatten(0, 1)
+        if self.mean:
+            mask, _ = self._stash
+            # Each example's tokens are the ones its first token may attend to.
+            rows = mask[:, 0].flatten(0, 1).index_select(0, self.index)   # [examples, T]
+            width = hidden.shape[1]
+            starts = (self.index // width) * width
+            weights = torch.zeros(len(self.index), flat.shape[0], dtype=flat.dtype,
+                                  device=flat.device)
+            cols = starts[:, None] + torch.arange(width, device=flat.device)[None, :]
+            weights.scatter_(1, cols, rows.to(flat.dtype))
+            pooled = (weights @ flat) / weights.sum(dim=1, keepdim=True)
         else:
-            first = hidden_states.flatten(0, 1).index_select(0, self.index)
-        return self.activation(self.dense(first))
+            pooled = flat.index_select(0, self.index)
+        if isinstance(output, tuple):
+            return (pooled[:, None], *output[1:])
+        output["last_hidden_state"] = pooled[:, None]
+        return output
 
 
-def install(model: Any) -> IndexedPooler:
-    """Put an IndexedPooler in the model (before it is wrapped or sharded)."""
-    base = model.base_model
-    if getattr(base, "pooler", None) is None or not hasattr(base.pooler, "dense"):
-        raise ValueError(f"{type(model).__name__} has no BERT-style pooler to pack for")
-    if not isinstance(base.pooler, IndexedPooler):
-        base.pooler = IndexedPooler(base.pooler)
+def install(model: Any) -> PackedPooling:
+    """Put the packing hooks on the model (before it is wrapped or sharded)."""
     # A 4D boolean mask goes to SDPA as is; eager attention would add it as numbers.
     model.config._attn_implementation = "sdpa"
-    return base.pooler
+    return PackedPooling(model)
 
 
 @contextlib.contextmanager
-def pooled_at(pooler: Optional[IndexedPooler], index: Optional[torch.Tensor]) -> Iterator[None]:
+def pooled_at(pooler: Optional[PackedPooling], index: Optional[torch.Tensor]) -> Iterator[None]:
     if pooler is None or index is None:
         yield
         return
@@ -134,6 +192,7 @@ def pooled_at(pooler: Optional[IndexedPooler], index: Optional[torch.Tensor]) ->
         yield
     finally:
         pooler.index = None
+        pooler._stash = None
 
 
 def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

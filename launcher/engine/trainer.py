@@ -29,7 +29,7 @@ from launcher.bench import flops, write_result
 from launcher.engine import checkpoint, data, faults, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
-from launcher.engine.model import build_model, build_tokenizer
+from launcher.engine.model import build_model, build_tokenizer, fsdp_block
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
@@ -61,7 +61,7 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
     elif strategy == "fsdp":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["BertLayer"], reshard_after_forward=True,
+            transformer_cls_names_to_wrap=[fsdp_block(plan.recipe.model)], reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT")
     timeout = timedelta(seconds=plan.recipe.scale.timeout_s)
     handlers = [InitProcessGroupKwargs(timeout=timeout, **({"backend": "gloo"} if cpu else {}))]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher import sources as src_mod
+from launcher import families, sources as src_mod
 from launcher import tasks
 from launcher.errors import RecipeError
 from launcher.plan.scan import Scan, bad_data, balanced_weights, scan
@@ -87,6 +87,7 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     validate(recipe)
     task = tasks.for_recipe(recipe)
     task.validate()
+    families.check(recipe)
     _check_class_weights(recipe, task)
     if task.cols.pair is not None and task.cols.pair == task.cols.text:
         raise RecipeError("data.text_pair_column", "is the same column as data.text_column",

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
+from launcher import families
 from launcher.plan.build import Plan
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
@@ -94,7 +95,7 @@ def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
             "fsdp_config": {
                 "fsdp_version": 2,
                 "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "fsdp_transformer_layer_cls_to_wrap": "BertLayer",
+                "fsdp_transformer_layer_cls_to_wrap": _fsdp_block(plan),
                 "fsdp_reshard_after_forward": True,
                 "fsdp_state_dict_type": "SHARDED_STATE_DICT",
                 "fsdp_cpu_ram_efficient_loading": True,
@@ -115,6 +116,13 @@ def accelerate_command(plan: Plan, plan_dir: Path) -> str:
     return (f'accelerate launch --config_file {config} --machine_rank "$NODE_RANK" '
             f'--main_process_ip "$MASTER_ADDR" '
             f'--main_process_port "${{MASTER_PORT:-{DEFAULT_PORT}}}" --rdzv_backend c10d {engine}')
+
+
+def _fsdp_block(plan: Plan) -> str:
+    # The model family's block (launcher/families.py); BERT's when the config cannot be read
+    # before launch (a hub model not in the cache): the engine wraps what the model has.
+    config = families.read_config(plan.recipe.model.name) or {}
+    return families.block_class(config.get("model_type", "bert"))
 
 
 def launch_script(plan: Plan, plan_dir: Path) -> str:
