@@ -89,13 +89,23 @@ def read_config(name: str) -> Optional[dict]:
     neither has it (a hub name not downloaded yet)."""
     local = Path(name).expanduser() / "config.json"
     if local.is_file():
-        return json.loads(local.read_text())
+        return _json_object(local)
     try:
         from huggingface_hub import try_to_load_from_cache
         cached = try_to_load_from_cache(name, "config.json")
     except Exception:  # noqa: BLE001 - not a repo id, no cache: the engine will load it
         return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    return _json_object(Path(cached)) if isinstance(cached, str) else None
+
+
+def _json_object(path: Path) -> Optional[dict]:
+    # A config.json that is no JSON object is refused, in one line naming it, when the model
+    # is resolved before launch (plan/model_source.py); here it is only "unknown".
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def num_layers(family: Family, config: dict) -> int:

@@ -79,7 +79,8 @@ def fsdp_step(plan, trainer) -> dict:
     batch = trainer.task.encode(rows, trainer.tokenizer, indices=range(8))["inputs"]
     labels = batch.pop("labels")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss = trainer.task.loss(model(**batch), labels, None)
+    loss = (trainer.task.loss_sum(model(**batch), labels, None)
+            / trainer.task.units(labels, None).float())
     loss.backward()
     optimizer.step()
     weights = [p for m in blocks for p in m.parameters() if p.dim() == 2]

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import REPO, TINY, launcher
 from launcher.bench import RESULT_FIELDS, flops, synthetic
+from launcher.engine import data
 from launcher.recipe.load import load
 
 
@@ -87,10 +88,11 @@ def test_bench_on_cpu_writes_the_report_beside_hf_trainer(tmp_path):
         assert result["samples"] == steps * batch * 2
         assert result["real_tokens"] <= result["padded_tokens"]
         assert 0 < result["model_flops"] <= result["hardware_flops"]
-    # Our stream is the file in order: the timed steps trained exactly these rows.
+    # Our stream is epoch 0's shuffled order of the file: the timed steps trained these rows.
     drawn = synthetic.lengths(sum(1 for _ in (out / "inputs" / "train.jsonl").open()), 64,
                               seed=42)
-    timed = drawn[warmup * batch * 2:(warmup + steps) * batch * 2]
+    order = data.epoch_order(len(drawn), load(TINY).recipe.run.seed, 0, shuffle=True)
+    timed = drawn[order[warmup * batch * 2:(warmup + steps) * batch * 2]]
     assert ours["real_tokens"] == packed["real_tokens"] == int(timed.sum())
     assert packed["padded_tokens"] < ours["padded_tokens"]  # what packing is for
     assert report["rows"][0]["mfu"] is None  # no datasheet peak for a CPU

@@ -54,7 +54,8 @@ def _batch(recipe, tokenizer, n: int = 8) -> dict:
 def _step(model, task, batch) -> torch.Tensor:
     inputs = dict(batch["inputs"])
     labels = inputs.pop("labels")
-    loss = task.loss(model(**inputs), labels, None)
+    # the micro batch's mean over its labelled units, as the engine's step computes it
+    loss = task.loss_sum(model(**inputs), labels, None) / task.units(labels, None).float()
     loss.backward()
     return loss
 

@@ -62,7 +62,7 @@ def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predict
     printed = capsys.readouterr().out
     assert rc == 0, printed
     answer = json.loads(printed.strip().splitlines()[-1])
-    assert answer["label"] in ("World", "Sports", "Business", "Sci/Tech")
+    assert answer["predicted"] in ("World", "Sports", "Business", "Sci/Tech")
 
 
 def test_pretrained_minilm_fine_tunes_well_past_chance(tmp_path):

@@ -55,6 +55,10 @@ JSON_VALUES = [None, 0, -1, 7, 1.5, 10**20, "", " ", "x", "World", [], ["a"], [1
 
 # Every case that once ended in a traceback (found by this test, fixed since).
 REGRESSIONS: list[dict] = [
+    # The family table read a config.json that is a JSON list before the model check named it.
+    {"recipe": "tiny_ner", "edit": None, "overrides": ["model.tokenizer=multi_label_classification",
+     "scale.gpu=null"], "data": {"which": "eval", "kind": "csv_unterminated", "at": 395,
+     "value": 2}, "command": "run", "model": "config_list"},
     # A value echoed back in an error held a newline: the "one line" was two.
     {"recipe": "tiny_ner", "edit": None, "overrides": ["eval.metric=a\nb"], "data": None},
     {"recipe": "tiny_ner", "edit": None, "overrides": ["scale.grad_accum=a\nb",

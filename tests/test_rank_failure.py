@@ -19,7 +19,9 @@ def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     plan = plan_mod.build(load(TINY, ["scale.procs_per_node=2", f"data.train={data}",
                                       f"run.output_dir={tmp_path / 'run'}", "run.max_steps=3",
-                                      "run.epochs=none"]))
+                                      "run.epochs=none",
+                                      # file order, so the bad row's reader is known: rank 1
+                                      "data.shuffle=false"]))
     # The file changes after planning (as it may while a job waits in a queue): the plan's
     # checks passed, so only the rank that reads the bad row (odd rows: rank 1) finds it.
     rows[3]["label"] = "Politics"
