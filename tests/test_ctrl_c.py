@@ -28,7 +28,7 @@ from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher import checkpoints
 from launcher.run_dir import RunDir
 
-ARGS = ["--nproc-per-node", "3", "scale.strategy=fsdp", "scale.micro_batch=16",
+ARGS = ["--nproc-per-node", "3", "scale.strategy=zero2", "scale.micro_batch=16",
         "scale.global_batch=48", "run.max_steps=40", "run.epochs=None", "run.log_every=1",
         "eval.every=0", "eval.max_examples=48", "checkpoint.every=0", "checkpoint.grace_s=600",
         "scale.timeout_s=900"]
@@ -110,7 +110,7 @@ def test_ctrl_c_saves_and_twice_aborts(tmp_path):
     assert f"saved step {saved}; `launcher resume {out}` goes on" in said
     assert "Traceback" not in term.text and "SignalException" not in term.text
     assert "SignalException" in (rd.logs / "torchrun.log").read_text()  # kept, not shown
-    assert_manifest_is_what_each_rank_wrote(rd.latest(), world=3, strategy="fsdp")
+    assert_manifest_is_what_each_rank_wrote(rd.latest(), world=3, strategy="zero2")
     assert all("timeout 900 s" in rd.rank_log(r).read_text() for r in range(3))  # timeout_s
 
     # 2. Resume, Ctrl-C, and Ctrl-C again while rank 1 is stuck in the save: aborted at once.
