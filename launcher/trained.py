@@ -18,8 +18,8 @@ from rich.console import Console
 
 from launcher import checkpoint_scan, checkpoints, sources, tasks
 from launcher.errors import RecipeError
-from launcher.plan.build import Plan
-from launcher.plan.scan import bad_data, scan
+from launcher.plan.build import Plan, local_columns
+from launcher.plan.scan import scan
 from launcher.run_dir import RunDir
 
 
@@ -86,15 +86,7 @@ def check_data(plan: Plan, data: str, flag: str = "--data") -> str:
     src = sources.resolve(data, config=plan.recipe.data.dataset_config,
                           split=plan.recipe.data.eval_split)
     if src.is_local:
-        if not src.path.is_file():
-            raise RecipeError(flag, f"file {data} does not exist", "fix the path")
-        if not src.builder:
-            raise RecipeError(flag, f"{data} is not a file type the engine reads",
-                              f"convert it to one of {', '.join(sources.FORMATS)}")
-        try:
-            have = sources.columns(src)
-        except sources.BadData as err:
-            raise bad_data(flag, err) from None
+        have = local_columns(flag, src)
         needed = {"data.text_column": task.cols.text, "data.text_pair_column": task.cols.pair}
         if labeled:
             needed["data.label_column"] = task.cols.label

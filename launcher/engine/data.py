@@ -99,6 +99,16 @@ def _loader_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
+def _rank_share(epoch: Any, chunk: list[tuple[int, dict]]) -> dict:
+    """This rank's examples of a global micro batch of (row index, row), encoded (and packed):
+    every world-th from the rank's own, so step s trains the same examples at any world size."""
+    mine = chunk[epoch.rank::epoch.world]
+    batch = epoch.task.encode([r for _, r in mine], epoch.tokenizer, indices=[i for i, _ in mine])
+    if epoch.pack_to:
+        batch["inputs"] = packing.pack(batch["inputs"], epoch.pack_to, epoch.pack_rows_multiple)
+    return batch
+
+
 class TrainEpoch(IterableDataset):
     """A stream: this rank's micro batches of one epoch, from a row on; each batch carries
     `row_end`, the row just past the last example of its global micro batch, and `decoded`,
@@ -127,12 +137,7 @@ class TrainEpoch(IterableDataset):
             if len(chunk) < width:
                 continue
             if made % workers == worker:
-                mine = chunk[self.rank::self.world]
-                batch = self.task.encode([r for _, r in mine], self.tokenizer,
-                                         indices=[i for i, _ in mine])
-                if self.pack_to:
-                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
-                                                   self.pack_rows_multiple)
+                batch = _rank_share(self, chunk)
                 batch["row_end"] = index + 1
                 batch["decoded"], counted = seen - counted, seen
                 yield batch
@@ -336,12 +341,7 @@ class WindowedEpoch(IterableDataset):
             if len(chunk) < width:
                 continue
             if made % workers == worker:
-                mine = chunk[self.rank::self.world]
-                batch = self.task.encode([r for _, r in mine], self.tokenizer,
-                                         indices=[i for i, _ in mine])
-                if self.pack_to:
-                    batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
-                                                   self.pack_rows_multiple)
+                batch = _rank_share(self, chunk)
                 batch["window_end"], batch["offset_end"] = window, offset
                 batch["decoded"], counted = read[0] - counted, read[0]
                 yield batch

@@ -236,7 +236,9 @@ def _sources(recipe: Recipe, task: tasks.Task) -> tuple[src_mod.Source, Optional
     return train, eval_src
 
 
-def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
+def local_columns(field: str, src: src_mod.Source) -> set:
+    """The columns of a local data file named by `field`, every line read; one-line errors for
+    a directory, a missing file, a type the engine does not read, or a malformed line."""
     if src.path.is_dir():
         raise RecipeError(field, f"{src.name} is a directory, not a data file",
                           "name one .jsonl/.json/.csv/.parquet file")
@@ -247,9 +249,13 @@ def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
         raise RecipeError(field, f"{src.name} is not a file type the engine reads",
                           f"convert it to one of {', '.join(src_mod.FORMATS)}")
     try:
-        have = src_mod.columns(src)
+        return set(src_mod.columns(src))
     except src_mod.BadData as err:
         raise bad_data(field, err) from None
+
+
+def _check_local(task: tasks.Task, field: str, src: src_mod.Source) -> None:
+    have = local_columns(field, src)
     for col_field, col in task.cols.fields().items():
         if col is not None and col not in have:
             raise RecipeError(col_field,
