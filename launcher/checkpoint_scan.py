@@ -186,9 +186,10 @@ class _Stub:
         self.state = state
 
 
-# Classes of DCP's metadata pickle, read as stubs (no torch code runs).
+# Classes of DCP's metadata pickle: read here as stubs (no torch code runs); the engine's
+# loader (engine/checkpoint.py) lets DCP unpickle only these, after this scan passed.
 _DCP_META = "torch.distributed.checkpoint.metadata"
-_DCP_CLASSES = {(_DCP_META, n) for n in (
+DCP_CLASSES = {(_DCP_META, n) for n in (
     "Metadata", "TensorStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
     "ChunkStorageMetadata", "MetadataIndex", "StorageMeta", "BytesStorageMetadata")} | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
@@ -200,7 +201,7 @@ class _StructureUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return super().find_class(module, name)
-        if (module, name) in _DCP_CLASSES or module == "torch":  # torch.<dtype> is a name
+        if (module, name) in DCP_CLASSES or module == "torch":  # torch.<dtype> is a name
             return type(name, (_Stub,), {})
         raise pickle.UnpicklingError(f"names {module}.{name}, which DCP metadata never holds")
 

@@ -22,9 +22,13 @@ def cli_env() -> dict[str, str]:
                 PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
 
 
-def launcher(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def launcher(*args: str, timeout: int = 300, fault: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m launcher ARGS`; `fault` is a LAUNCHER_FAULT spec (launcher/engine/faults.py)."""
+    env = cli_env()
+    if fault:
+        env["LAUNCHER_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

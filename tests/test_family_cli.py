@@ -10,20 +10,15 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
-from conftest import REPO, TINY, cli_env, launcher
+from conftest import TINY, launcher
 import tiny_families
 from launcher import cli
 from launcher.run_dir import RunDir
 
 
 def _run(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = cli_env()
-    if fault:
-        env["LAUNCHER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return launcher(*args, timeout=600, fault=fault)
 
 
 def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predicts(tmp_path,

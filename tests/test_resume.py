@@ -30,13 +30,9 @@ ARGS = ["--nproc-per-node", "2", "run.max_steps=70", "run.epochs=None", "checkpo
 
 
 def run(out: Path, *extra: str, fault: str | None = None, command: str = "run"):
-    env = cli_env()
-    if fault:
-        env["LAUNCHER_FAULT"] = fault
     args = ([command, out, *extra] if command == "resume" else
             ["run", TINY, *ARGS, f"run.output_dir={out}", *extra])
-    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return launcher(*args, fault=fault)
 
 
 def steps_logged(rd: RunDir) -> list[tuple]:

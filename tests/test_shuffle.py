@@ -8,15 +8,13 @@ as well as the shipped file.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, cli_env, decoded_per_epoch, launcher
+from conftest import REPO, TINY, decoded_per_epoch, launcher
 from launcher import plan as plan_mod
 from launcher import tasks
 from launcher.engine import data
@@ -160,13 +158,9 @@ STREAM = ["data.streaming=true", "data.shuffle_window=150",
 
 
 def _stream_run(out, fault=None, command="run"):
-    env = cli_env()
-    if fault:
-        env["LAUNCHER_FAULT"] = fault
     args = ["resume", out] if command == "resume" else ["run", TINY, *STREAM,
                                                          f"run.output_dir={out}"]
-    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return launcher(*args, fault=fault)
 
 
 def test_window_shuffled_stream_preempted_and_resumed_ends_with_the_same_weights(tmp_path):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, cli_env
+from conftest import TINY, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher import checkpoint_scan, checkpoints
 from launcher.run_dir import RunDir
@@ -35,11 +34,7 @@ ZERO = ("zero1", "zero2", "zero3", "zero3_offload")
 
 
 def launch(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = cli_env()
-    if fault:
-        env["LAUNCHER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return launcher(*args, timeout=600, fault=fault)
 
 
 def run(out: Path, strategy: str, fault: str | None = None) -> subprocess.CompletedProcess:

@@ -50,13 +50,7 @@ log = logging.getLogger("launcher.engine")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 # DCP's metadata file is a pickle; these are the only globals it holds.
-_DCP_META = "torch.distributed.checkpoint.metadata"
-_ALLOWED = {(_DCP_META, n) for n in (
-    "Metadata", "TensorStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
-    "ChunkStorageMetadata", "MetadataIndex", "StorageMeta", "BytesStorageMetadata")} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-    ("pathlib._local", "PosixPath"), ("collections", "OrderedDict")}
+_ALLOWED = checkpoint_scan.DCP_CLASSES | {("collections", "OrderedDict")}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
