@@ -9,7 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from launcher import checkpoints, tasks
+from launcher import tasks
+from launcher.checkpoint import compat, store
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan, build
 from launcher.recipe.load import LoadedRecipe
@@ -30,7 +31,7 @@ def check(plan: Plan) -> Optional[int]:
         raise RecipeError("run.output_dir", f"{rd.root} holds a finished run (summary.json "
                           "and final/)", "choose a new run.output_dir, or use `launcher eval` "
                           "on it; nothing there was touched")
-    choice = checkpoints.loadable(rd)
+    choice = store.loadable(rd)
     for warning in choice.warnings:
         _warn(f"{warning}; falling back to an older checkpoint" if choice.path else warning)
     if choice.path is None and choice.warnings:
@@ -38,12 +39,12 @@ def check(plan: Plan) -> Optional[int]:
                           "start over in a new run.output_dir (or restore the run's "
                           "checkpoints from a copy you trust); nothing there was touched")
     latest = choice.path
-    if latest is None or not (latest / checkpoints.STATE).is_file():
+    if latest is None or not (latest / store.STATE).is_file():
         return None
-    state = checkpoints.read_state(latest)
-    now = checkpoints.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
-    problems = checkpoints.incompatible(state, now, plan.global_batch)
-    problems += checkpoints.order_problems(state, plan.recipe)
+    state = store.read_state(latest)
+    now = compat.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
+    problems = compat.incompatible(state, now, plan.global_batch)
+    problems += compat.order_problems(state, plan.recipe)
     if problems:
         raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
                           f"{'; '.join(problems)}", "use the recipe and global batch that run "

@@ -16,7 +16,8 @@ from typing import Optional
 
 from rich.console import Console
 
-from launcher import checkpoint_scan, checkpoints, sources, tasks
+from launcher import sources, tasks
+from launcher.checkpoint import store, trust
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan, local_columns
 from launcher.plan.scan import scan
@@ -63,15 +64,15 @@ def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
     number = checkpoint.removeprefix("step-")
     if found is None and checkpoint.startswith("step-") and number.isdigit():
         found = rd.checkpoint(int(number))  # step-200 and step-0000200 name the same one
-    have = [p.name for p in checkpoints.complete(rd)]
-    if found is None or not (found / checkpoints.MANIFEST).is_file():
+    have = [p.name for p in store.complete(rd)]
+    if found is None or not (found / store.MANIFEST).is_file():
         raise RecipeError("--checkpoint", f"{checkpoint} is not a complete checkpoint of "
                           f"{rd.root}", f"use final, best, latest or one of {have or '(none)'}")
     if (found / "deepspeed").is_dir():
         raise RecipeError("--checkpoint", f"{found.name} is a DeepSpeed ZeRO checkpoint, which "
                           "eval and predict do not read", "use final (the run's export), or a "
                           "checkpoint of a ddp or fsdp run")
-    refused = checkpoint_scan.refusal(found)
+    refused = trust.refusal(found)
     if refused:
         raise RecipeError("--checkpoint", f"{found.name} is refused: {refused}",
                           f"use final or another of {have}")

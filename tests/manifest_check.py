@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher import checkpoints
+from launcher.checkpoint import store
 
 ZERO = ("zero1", "zero2", "zero3", "zero3_offload")
 
@@ -25,9 +25,9 @@ def expected_files(rank: int, strategy: str) -> set[str]:
 
 
 def assert_manifest_is_what_each_rank_wrote(ckpt: Path, world: int, strategy: str) -> None:
-    files = json.loads((ckpt / checkpoints.MANIFEST).read_text())["files"]
+    files = json.loads((ckpt / store.MANIFEST).read_text())["files"]
     on_disk = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()}
-    assert set(files) == on_disk - {checkpoints.MANIFEST}, "the manifest is not the union"
+    assert set(files) == on_disk - {store.MANIFEST}, "the manifest is not the union"
     for rank in range(world):
         wrote = {name for name, entry in files.items() if entry["rank"] == rank}
         extra = wrote - expected_files(rank, strategy)
@@ -36,4 +36,4 @@ def assert_manifest_is_what_each_rank_wrote(ckpt: Path, world: int, strategy: st
             extra = {n for n in extra if not n.startswith("deepspeed/zero_to_")}
         assert not extra and expected_files(rank, strategy) <= wrote, (rank, sorted(wrote))
     assert {entry["rank"] for entry in files.values()} == set(range(world))
-    assert checkpoints.problem(ckpt) is None
+    assert store.problem(ckpt) is None

@@ -25,7 +25,7 @@ import psutil
 
 from conftest import REPO, TINY, cli_env
 from manifest_check import assert_manifest_is_what_each_rank_wrote
-from launcher import checkpoints
+from launcher.checkpoint import store
 from launcher.run_dir import RunDir
 
 ARGS = ["--nproc-per-node", "3", "scale.strategy=zero2", "scale.micro_batch=16",
@@ -124,7 +124,7 @@ def test_ctrl_c_saves_and_twice_aborts(tmp_path):
     assert f"aborted: the last complete checkpoint is {rd.checkpoint(saved).name}" in said
     assert "Traceback" not in term.text
     assert not _engines_of(rd), "ranks left running after the abort"
-    assert rd.latest() == rd.checkpoint(saved) and checkpoints.problem(rd.latest()) is None
+    assert rd.latest() == rd.checkpoint(saved) and store.problem(rd.latest()) is None
     assert not rd.preempted.exists()
 
     # 3. Resume to the end.

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import REPO, TINY, cli_env
 import tiny_families
-from launcher import checkpoints, families
+from launcher import families
+from launcher.checkpoint import store
 from launcher.plan.render import write as write_plan
 from launcher.plan.build import build
 from launcher.recipe.load import load
@@ -87,6 +88,6 @@ def test_every_family_trains_under_every_strategy(matrix, strategy, family):
     losses = [json.loads(line)["loss"] for line in rd.metrics.read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     latest = rd.latest()
-    assert latest is not None and checkpoints.problem(latest) is None
+    assert latest is not None and store.problem(latest) is None
     model = transformers.AutoModelForSequenceClassification.from_pretrained(rd.final)
     assert model.config.model_type == family

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY, cli_env, decoded_per_epoch, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
-from launcher import checkpoints
+from launcher.checkpoint import store
 from launcher.run_dir import RunDir
 
 # 70 steps: past the end of the first epoch (62 steps of 64 examples) into the second.
@@ -114,7 +114,7 @@ def test_rank_killed_while_saving_leaves_the_previous_checkpoint_in_charge(tmp_p
     assert rd.latest() == rd.checkpoint(10)
     assert (rd.checkpoints / "step-0000020.tmp").is_dir()  # what the killed save left
     assert not rd.checkpoint(20).exists()
-    assert checkpoints.problem(rd.latest()) is None
+    assert store.problem(rd.latest()) is None
     second = run(out, command="resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "from step 10" in second.stdout
@@ -229,10 +229,10 @@ def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference):
 def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path):
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
-    from launcher.engine.checkpoint import _MetadataUnpickler, _SafeReader
+    from launcher.checkpoint.sharded import _MetadataUnpickler, _SafeReader
 
     ckpt = reference.latest()
-    assert checkpoints.problem(ckpt) is None
+    assert store.problem(ckpt) is None
     assert_manifest_is_what_each_rank_wrote(ckpt, world=2, strategy="ddp")
     kinds = {p.suffix or p.name for p in ckpt.rglob("*") if p.is_file()}
     assert kinds <= {".metadata", ".distcp", ".json", ".safetensors"}, kinds
@@ -272,6 +272,6 @@ def test_second_signal_during_the_save_changes_nothing(tmp_path, reference):
     first = run(out, fault="at=step,step=30,rank=1,do=TERM;at=save,step=31,rank=0,do=TERM;"
                            "at=save,step=31,rank=1,do=USR1")
     assert first.returncode == 75, first.stderr[-3000:]
-    assert rd.latest() == rd.checkpoint(31) and checkpoints.problem(rd.latest()) is None
+    assert rd.latest() == rd.checkpoint(31) and store.problem(rd.latest()) is None
     assert run(out, command="resume").returncode == 0
     assert_same_run(rd, reference)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
-from launcher import checkpoint_scan, checkpoints
+from launcher.checkpoint import store, trust
 from launcher.run_dir import RunDir
 
 LOSS_TOL = 1e-5
@@ -65,7 +65,7 @@ def _assert_own_format(ckpt: Path, strategy: str) -> None:
     else:
         assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= names
         assert not any(n.startswith("deepspeed/") for n in names)
-    assert checkpoints.problem(ckpt) is None  # the manifest covers the strategy's files
+    assert store.problem(ckpt) is None  # the manifest covers the strategy's files
     if strategy in ("zero1", "zero2", "fsdp"):
         assert_manifest_is_what_each_rank_wrote(ckpt, world=2, strategy=strategy)
 
@@ -88,7 +88,7 @@ def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(tmp_path, 
         assert "DeepSpeed ZeRO checkpoint of 2 ranks" in other.stderr
         assert sorted(p.name for p in rd.checkpoints.iterdir()) == before
         # Every global in DeepSpeed's real pickles is on the scanner's allow-list...
-        assert checkpoint_scan.refusal(rd.latest()) is None
+        assert trust.refusal(rd.latest()) is None
         if strategy == "zero2":
             # ...and one it never writes is refused before DeepSpeed could unpickle it.
             from test_untrusted_checkpoints import assert_crafted_zero_is_refused

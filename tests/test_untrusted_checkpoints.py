@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, cli_env, launcher
-from launcher import checkpoint_scan, checkpoints
+from launcher.checkpoint import store, trust
 from launcher.run_dir import RunDir
 
 MARKER_ENV = "LAUNCHER_TEST_PAYLOAD_MARKER"
@@ -37,10 +37,10 @@ class Payload:
 
 def resign(ckpt: Path) -> None:
     """What anyone who can write the directory can do: a manifest matching the new files."""
-    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != checkpoints.MANIFEST)
-    entries = checkpoints.describe(files, ckpt)
-    checkpoints.write_manifest(ckpt, checkpoints.step_of(ckpt), entries)
-    assert checkpoints.problem(ckpt) is None
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != store.MANIFEST)
+    entries = store.describe(files, ckpt)
+    store.write_manifest(ckpt, store.step_of(ckpt), entries)
+    assert store.problem(ckpt) is None
 
 
 # ---- the scanner, on files torch.save writes ------------------------------------------------
@@ -54,18 +54,18 @@ def _state() -> dict:
 def test_scanner_passes_tensors_and_names_an_injected_global(tmp_path, zipped):
     clean, bad = tmp_path / "clean.pt", tmp_path / "bad.pt"
     torch.save(_state(), clean, _use_new_zipfile_serialization=zipped)
-    assert set(checkpoint_scan.torch_file_globals(clean)) <= {
+    assert set(trust.torch_file_globals(clean)) <= {
         "torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "collections.OrderedDict",
         "torch.Size"}
     torch.save({**_state(), "x": Payload(tmp_path / "marker")}, bad,
                _use_new_zipfile_serialization=zipped)
-    assert "builtins.exec" in checkpoint_scan.torch_file_globals(bad)
+    assert "builtins.exec" in trust.torch_file_globals(bad)
     directory = tmp_path / "deepspeed"
     directory.mkdir()
     clean.rename(directory / "clean.pt")
-    assert checkpoint_scan.deepspeed_refusal(directory) is None
+    assert trust.deepspeed_refusal(directory) is None
     bad.rename(directory / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
-    why = checkpoint_scan.deepspeed_refusal(directory)
+    why = trust.deepspeed_refusal(directory)
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt names the global builtins.exec" in why
     assert not (tmp_path / "marker").exists()
 
@@ -75,18 +75,18 @@ def test_scanner_sees_through_memo_tricks_and_refuses_what_it_cannot_name():
     hidden = (b"\x80\x04\x8c\x08builtins\x94\x8c\x04exec\x94" b"00" b"h\x00h\x01\x93"
               b"\x8c\x01x\x85R.")
     pickletools.dis(hidden, out=io.StringIO())  # a valid pickle
-    assert checkpoint_scan.pickle_globals(hidden) == ["builtins.exec"]
+    assert trust.pickle_globals(hidden) == ["builtins.exec"]
     # the name comes out of a computation the scanner cannot follow: refused, not guessed.
     computed = b"\x80\x04\x8c\x08builtins\x94\x8c\x04exec\x8c\x01x\x86" b"0" b"\x93."
-    with pytest.raises(checkpoint_scan.Refused, match="STACK_GLOBAL"):
-        checkpoint_scan.pickle_globals(computed)
-    with pytest.raises(checkpoint_scan.Refused, match="EXT1"):
-        checkpoint_scan.pickle_globals(b"\x80\x02\x82\x01.")
+    with pytest.raises(trust.Refused, match="STACK_GLOBAL"):
+        trust.pickle_globals(computed)
+    with pytest.raises(trust.Refused, match="EXT1"):
+        trust.pickle_globals(b"\x80\x02\x82\x01.")
     # a dotted name through an allowed module is not the allowed global
-    assert not checkpoint_scan.allowed_deepspeed_global("collections.OrderedDict.os")
-    assert checkpoint_scan.allowed_deepspeed_global("collections.OrderedDict")
+    assert not trust.allowed_deepspeed_global("collections.OrderedDict.os")
+    assert trust.allowed_deepspeed_global("collections.OrderedDict")
     # protocol 0 (text) pickles are pickles too
-    assert checkpoint_scan.pickle_globals(pickle.dumps(Payload(Path("m")), protocol=0)) == \
+    assert trust.pickle_globals(pickle.dumps(Payload(Path("m")), protocol=0)) == \
         ["builtins.exec"]
 
 
@@ -128,7 +128,7 @@ def preempted_ddp(tmp_path_factory) -> RunDir:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
     rd = RunDir(out)
-    assert [p.name for p in checkpoints.complete(rd)] == ["step-0000002", "step-0000003"]
+    assert [p.name for p in store.complete(rd)] == ["step-0000002", "step-0000003"]
     return rd
 
 
@@ -152,10 +152,10 @@ def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_befo
     monkeypatch.delenv(MARKER_ENV)
 
     # Our readers name checkpoint and key, before launch and in the engine, and fall back.
-    why = checkpoint_scan.refusal(rd.checkpoint(3))
+    why = trust.refusal(rd.checkpoint(3))
     assert f"entry '{key}' is BytesStorageMetadata, not a tensor" in why
     assert str(rd.checkpoint(3)) in why
-    assert checkpoints.choose(rd).path == rd.checkpoint(2)
+    assert store.choose(rd).path == rd.checkpoint(2)
     proc = launcher("resume", rd.root, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "checkpoint step-0000003 is refused" in proc.stderr
@@ -194,20 +194,20 @@ def assert_crafted_zero_is_refused(rd: RunDir, tmp_path: Path) -> None:
     copy = RunDir(tmp_path / "crafted")
     shutil.copytree(rd.root, copy.root)
     marker = tmp_path / "zero-payload-ran"
-    newest, older = checkpoints.complete(copy)[-1], checkpoints.complete(copy)[-2]
+    newest, older = store.complete(copy)[-1], store.complete(copy)[-2]
     craft_zero(newest, Payload(marker))
-    why = checkpoint_scan.refusal(newest)
+    why = trust.refusal(newest)
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt names the global builtins.exec" in why
     # the engine's choice (rank 0 hashes and scans) and the pre-launch check both fall back
-    assert checkpoints.choose(copy).path == older
-    assert checkpoints.loadable(copy).path == older
+    assert store.choose(copy).path == older
+    assert store.loadable(copy).path == older
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(["resume", str(copy.root), "--dry-run"]) == 0
     assert f"checkpoint {newest.name} is refused" in err.getvalue()
-    assert f"from step {checkpoints.step_of(older)} " in out.getvalue()
+    assert f"from step {store.step_of(older)} " in out.getvalue()
     craft_zero(older, Payload(marker))
-    assert checkpoints.choose(copy).path is None and len(checkpoints.choose(copy).warnings) == 2
+    assert store.choose(copy).path is None and len(store.choose(copy).warnings) == 2
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(["resume", str(copy.root), "--dry-run"]) == 2
     assert "no checkpoint in" in err.getvalue() and "is safe to load" in err.getvalue()

@@ -8,7 +8,7 @@ report.json, plots and a table. FLOPs are counted by `flops.py`.
 import json
 from pathlib import Path
 
-from launcher.checkpoints import write_atomic
+from launcher.checkpoint.store import write_atomic
 
 # One configuration's measurement, as its rank 0 writes it (JSON). Counts are over the timed
 # steps only and summed over ranks; times are rank 0's.

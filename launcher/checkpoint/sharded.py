@@ -1,24 +1,12 @@
-"""Checkpoints: everything a run needs to go on, written by every rank, published at once.
+"""Save and load the sharded training state: model and optimizer tensors through
+torch.distributed.checkpoint (DCP), or DeepSpeed's own ZeRO checkpoint; every rank writes its
+part, hashes what it wrote, and rank 0 publishes the directory (see `launcher.checkpoint`).
 
-Layout of `checkpoints/step-N/`:
-  dcp/                 model and optimizer tensors, torch.distributed.checkpoint (sharded as
-                       the strategy shards them; DCP reshards on load, so the world size can
-                       change between save and resume)
-  optim_groups.json    the optimizer's non-tensor entries (learning rates, betas, ...)
-  rng/rank{R}.safetensors   each rank's torch (CPU and CUDA), numpy and Python RNG states
-  deepspeed/           ZeRO strategies: the engine's own checkpoint instead of dcp/
-  trainer_state.json   step, data position, scheduler, grad scaler, best eval, recipe print
-  manifest.json        size and sha256 of every file above, written last
-
-Ranks write into `step-N.tmp/`; each rank hashes exactly the files it wrote itself (no rank
-lists a directory: on NFS or Lustre another node's listing can be stale) and sends the entries
-to rank 0, which writes the manifest from them, renames the directory and then replaces LATEST
-atomically. Nothing is
-loaded with pickle: tensors come from DCP (`torch.load(weights_only=True)` per tensor, and its
-metadata through an unpickler that knows only DCP's own classes; an entry that is not a tensor
-is refused, since DCP would unpickle it), the rest from JSON and safetensors. DeepSpeed's own
-ZeRO files are unpickled by DeepSpeed, so they are scanned first (`launcher.checkpoint_scan`)
-and refused when they name a global DeepSpeed never writes.
+Nothing is loaded with pickle: tensors come from DCP (`torch.load(weights_only=True)` per
+tensor, and its metadata through an unpickler that knows only DCP's own classes; an entry that
+is not a tensor is refused, since DCP would unpickle it), the rest from JSON and safetensors.
+DeepSpeed's own ZeRO files are unpickled by DeepSpeed, so they are scanned first
+(`launcher.checkpoint.trust`) and refused when they name a global DeepSpeed never writes.
 """
 
 from __future__ import annotations
@@ -27,30 +15,26 @@ import json
 import logging
 import os
 import pickle
-import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_state_dict)
 
-from launcher import checkpoint_scan, checkpoints
-from launcher.engine import faults
+from launcher.checkpoint import rng, store, trust
 from launcher.run_dir import RunDir
 
 log = logging.getLogger("launcher.engine")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 # DCP's metadata file is a pickle; these are the only globals it holds.
-_ALLOWED = checkpoint_scan.DCP_CLASSES | {("collections", "OrderedDict")}
+_ALLOWED = trust.DCP_CLASSES | {("collections", "OrderedDict")}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -144,9 +128,11 @@ def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
-         optimizer: Any, keep_last: int, best: bool = False, group: Any = None) -> Path:
+         optimizer: Any, keep_last: int, best: bool = False, group: Any = None,
+         after_write: Optional[Callable[[], None]] = None) -> Path:
     """Write, hash and publish step-N on every rank together (a collective). `group`: a gloo
-    group of every rank for the manifest's entries (host objects; default: the world)."""
+    group of every rank for the manifest's entries (host objects; default: the world);
+    `after_write`: called once this rank's files are written, before they are published."""
     final = rd.checkpoint(step)
     tmp = final.with_name(final.name + ".tmp")
     rank, world = acc.process_index, acc.num_processes
@@ -161,16 +147,17 @@ def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
         tensors, groups = _split(optim_sd)
         written = _save_dcp({"model": model_sd, "optim": tensors}, tmp / "dcp")
         if acc.is_main_process:
-            checkpoints.write_atomic(tmp / "optim_groups.json", json.dumps(groups) + "\n")
+            store.write_atomic(tmp / "optim_groups.json", json.dumps(groups) + "\n")
             written.append(tmp / "optim_groups.json")
-    _save_rng(tmp / "rng" / f"rank{rank}.safetensors")
+    rng.save(tmp / "rng" / f"rank{rank}.safetensors")
     written.append(tmp / "rng" / f"rank{rank}.safetensors")
     if acc.is_main_process:
-        checkpoints.write_atomic(tmp / checkpoints.STATE, json.dumps(state, indent=2) + "\n")
-        written.append(tmp / checkpoints.STATE)
-    faults.at("save", step=step, rank=rank)
+        store.write_atomic(tmp / store.STATE, json.dumps(state, indent=2) + "\n")
+        written.append(tmp / store.STATE)
+    if after_write is not None:
+        after_write()
     # Each rank hashes what it wrote; rank 0 gets every rank's entries once all have written.
-    mine = checkpoints.describe(written, tmp, rank=rank)
+    mine = store.describe(written, tmp, rank=rank)
     shares: Optional[list[Any]] = [None] * world if acc.is_main_process else None
     if world > 1:
         dist.gather_object(mine, shares, dst=0, group=group)
@@ -184,20 +171,20 @@ def save(acc: Any, rd: RunDir, *, step: int, state: dict[str, Any], model: Any,
                     raise RuntimeError(f"ranks {entries[name]['rank']} and {entry['rank']} both "
                                        f"wrote {tmp / name}")
                 entries[name] = entry
-        checkpoints.write_manifest(tmp, step, entries)
+        store.write_manifest(tmp, step, entries)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        checkpoints.fsync_dir(final.parent)
-        checkpoints.write_atomic(rd.checkpoints / "LATEST", final.name + "\n")
+        store.fsync_dir(final.parent)
+        store.write_atomic(rd.checkpoints / "LATEST", final.name + "\n")
         if best:
-            checkpoints.write_atomic(rd.checkpoints / "BEST", final.name + "\n")
+            store.write_atomic(rd.checkpoints / "BEST", final.name + "\n")
         _prune(rd, keep_last, keep={final, rd.best()})
     acc.wait_for_everyone()
     return final
 
 
 def _prune(rd: RunDir, keep_last: int, keep: set) -> None:
-    done = checkpoints.complete(rd)
+    done = store.complete(rd)
     for old in done[:-keep_last]:
         if old not in keep:
             shutil.rmtree(old, ignore_errors=True)
@@ -211,7 +198,7 @@ def load(acc: Any, path: Path, *, model: Any, optimizer: Any, saved_world: int) 
                                f"{acc.num_processes}; resume ZeRO runs on the same world size")
         # DeepSpeed unpickles its files with torch.load(weights_only=False): every global they
         # name must be one DeepSpeed itself writes (the rank that chose `path` checked too).
-        refused = checkpoint_scan.deepspeed_refusal(path / "deepspeed")
+        refused = trust.deepspeed_refusal(path / "deepspeed")
         if refused:
             raise RuntimeError(f"checkpoint {path.name} is refused: {refused}")
         model.load_checkpoint(str(path / "deepspeed"), tag="state")
@@ -223,9 +210,9 @@ def load(acc: Any, path: Path, *, model: Any, optimizer: Any, saved_world: int) 
         groups = json.loads((path / "optim_groups.json").read_text())
         set_state_dict(model, optimizer, model_state_dict=target["model"],
                        optim_state_dict={**target["optim"], **groups}, options=_OPTIONS)
-    rng = path / "rng" / f"rank{acc.process_index}.safetensors"
-    if saved_world == acc.num_processes and rng.is_file():
-        _load_rng(rng)
+    saved_rng = path / "rng" / f"rank{acc.process_index}.safetensors"
+    if saved_world == acc.num_processes and saved_rng.is_file():
+        rng.load(saved_rng)
     else:
         # Another world size: rank r's dropout stream cannot be the one it had; a fresh one
         # per rank and step keeps runs reproducible.
@@ -248,33 +235,3 @@ def model_weights(path: Path) -> dict[str, torch.Tensor]:
             target[key[len("model."):]] = torch.empty(item.size, dtype=item.properties.dtype)
     dcp.load({"model": target}, storage_reader=_SafeReader(str(path / "dcp")), no_dist=True)
     return target
-
-
-def _save_rng(path: Path) -> None:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    tensors = {"torch": torch.get_rng_state(),
-               "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-               "python": torch.tensor(py_state, dtype=torch.int64)}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
-    meta = {"numpy": json.dumps([kind, pos, has_gauss, gauss]),
-            "python": json.dumps([version, py_gauss])}
-    save_file(tensors, str(path), metadata=meta)
-
-
-def _load_rng(path: Path) -> None:
-    from safetensors import safe_open
-
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata()
-    torch.set_rng_state(tensors["torch"])
-    kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, py_gauss = json.loads(meta["python"])
-    random.setstate((version, tuple(tensors["python"].tolist()), py_gauss))
-    cuda = [tensors[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in tensors]
-    if cuda:
-        torch.cuda.set_rng_state_all(cuda)

@@ -4,7 +4,7 @@ A checkpoint directory is published by one rename after every rank has written i
 and its `manifest.json` lists each file with its size, its sha256 and the rank that wrote it.
 A reader starts from the checkpoint LATEST names, verifies it against its manifest, and walks
 back to older complete checkpoints when a file is missing, truncated or changed, or holds
-something that could run code when loaded (`checkpoint_scan`) -- with a warning that names it.
+something that could run code when loaded (`trust`) -- with a warning that names it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher import checkpoint_scan
+from launcher.checkpoint import trust
 from launcher.run_dir import RunDir
 
 MANIFEST = "manifest.json"
@@ -76,9 +76,14 @@ def problem(directory: Path) -> Optional[str]:
     if not manifest.is_file():
         return f"{manifest} is missing"
     try:
-        listed = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as err:
+        manifest_data = json.loads(manifest.read_text())
+        listed = manifest_data["files"]
+    except (ValueError, KeyError, TypeError) as err:
         return f"{manifest} cannot be read ({err})"
+    if manifest_data.get("format") != FORMAT:
+        # Another layout: files this version would misread (a newer launcher wrote it).
+        return (f"{manifest} is format {manifest_data.get('format')!r}; this launcher reads "
+                f"format {FORMAT}")
     for name, want in listed.items():
         path = directory / name
         if not path.is_file():
@@ -123,7 +128,7 @@ def choose(rd: RunDir) -> Choice:
         if wrong is not None:
             choice.warnings.append(f"checkpoint {candidate.name} is damaged: {wrong}")
             continue
-        refused = checkpoint_scan.refusal(candidate)
+        refused = trust.refusal(candidate)
         if refused is not None:
             choice.warnings.append(f"checkpoint {candidate.name} is refused: {refused}")
             continue
@@ -141,7 +146,7 @@ def loadable(rd: RunDir) -> Choice:
     if latest is None:
         return choice
     for candidate in reversed([p for p in complete(rd) if step_of(p) <= step_of(latest)]):
-        refused = checkpoint_scan.refusal(candidate)
+        refused = trust.refusal(candidate)
         if refused is None:
             choice.path = candidate
             return choice
@@ -151,40 +156,3 @@ def loadable(rd: RunDir) -> Choice:
 
 def read_state(directory: Path) -> dict[str, Any]:
     return json.loads((directory / STATE).read_text())
-
-
-def fingerprint(recipe: Any, labels: tuple) -> dict[str, Any]:
-    """What a checkpoint's weights are shaped by: another value means another model."""
-    m = recipe.model
-    return {"model.name": m.name, "task.type": recipe.task.type, "task.labels": list(labels),
-            "model.head_hidden": m.head_hidden,
-            "model.config_overrides": dict(sorted(dict(m.config_overrides).items()))}
-
-
-def data_order(recipe: Any) -> dict[str, Any]:
-    """What a saved data position means: under other values it would skip or repeat examples."""
-    d = recipe.data
-    return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
-            "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
-            "run.seed": recipe.run.seed if d.shuffle else None}
-
-
-def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
-    saved = state.get("data_order")  # absent in checkpoints from before data.shuffle
-    return [] if saved is None else differences(saved, data_order(recipe))
-
-
-def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return [f"{key} was {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
-            for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
-
-
-def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) -> list[str]:
-    """Why a checkpoint cannot go on under this recipe and plan (empty: it can). Checked
-    before launching and again by the engine, which a requeued job reaches directly."""
-    problems = differences(state.get("fingerprint", {}), now)
-    if state["global_batch"] != global_batch:
-        # The data position is counted in global batches.
-        problems.append(f"the global batch was {state['global_batch']} and the plan has "
-                        f"{global_batch} (set scale.global_batch={state['global_batch']})")
-    return problems

@@ -187,7 +187,7 @@ class _Stub:
 
 
 # Classes of DCP's metadata pickle: read here as stubs (no torch code runs); the engine's
-# loader (engine/checkpoint.py) lets DCP unpickle only these, after this scan passed.
+# loader (checkpoint/sharded.py) lets DCP unpickle only these, after this scan passed.
 _DCP_META = "torch.distributed.checkpoint.metadata"
 DCP_CLASSES = {(_DCP_META, n) for n in (
     "Metadata", "TensorStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",

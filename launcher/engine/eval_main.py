@@ -21,7 +21,7 @@ import torch.distributed as dist
 from launcher import tasks
 from launcher.engine.evaluate import evaluate, score
 from launcher.engine.model import build_model, build_tokenizer, load_trained
-from launcher.engine.checkpoint import model_weights
+from launcher.checkpoint.sharded import model_weights
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 

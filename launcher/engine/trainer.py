@@ -24,9 +24,10 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 
 from rich.console import Console
 
-from launcher import checkpoints, sources, tasks
+from launcher import sources, tasks
 from launcher.bench import flops, write_result
-from launcher.engine import checkpoint, data, faults, packing, step_loss
+from launcher.checkpoint import compat, sharded, store
+from launcher.engine import data, faults, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer, fsdp_block
@@ -136,7 +137,7 @@ class Trainer:
         self.evals_since_best = 0
         self.window: Optional[LogWindow] = None
         self.window_carried: Optional[dict] = None  # the log window a checkpoint was cut in
-        self.fingerprint = checkpoints.fingerprint(plan.recipe, self.task.labels)
+        self.fingerprint = compat.fingerprint(plan.recipe, self.task.labels)
         self.tracker_ids: dict[str, str] = {}  # the MLflow / W&B runs a checkpoint goes on in
         self.outcome: Optional[str] = None  # finished | preempted, for the trackers
         self.resumed_from = self._resume()
@@ -153,7 +154,7 @@ class Trainer:
 
     def _resume(self) -> Optional[int]:
         """Restore everything from the newest intact checkpoint; its step, or None."""
-        choice = checkpoints.choose(self.rd) if self.is_main else None
+        choice = store.choose(self.rd) if self.is_main else None
         found = [choice.path.name if choice and choice.path else None,
                  choice.warnings if choice else []]
         if self.world > 1:
@@ -165,7 +166,7 @@ class Trainer:
                 self.console.print(f"[yellow]warning:[/] {warning}; falling back to an older "
                                    "checkpoint", highlight=False, soft_wrap=True)
         if self.is_main:
-            _truncate_logs(self.rd, checkpoints.step_of(Path(name)) if name else 0)
+            _truncate_logs(self.rd, store.step_of(Path(name)) if name else 0)
         self.accelerator.wait_for_everyone()
         if name is None:
             if warnings:
@@ -173,12 +174,12 @@ class Trainer:
                                    "over in a new run.output_dir")
             return None
         path = self.rd.checkpoints / name
-        state = checkpoints.read_state(path)
-        problems = checkpoints.incompatible(state, self.fingerprint, self.plan.global_batch)
-        problems += checkpoints.order_problems(state, self.plan.recipe)
+        state = store.read_state(path)
+        problems = compat.incompatible(state, self.fingerprint, self.plan.global_batch)
+        problems += compat.order_problems(state, self.plan.recipe)
         if problems:
             raise RuntimeError(f"{path} cannot go on under this plan: " + "; ".join(problems))
-        checkpoint.load(self.accelerator, path, model=self.model,
+        sharded.load(self.accelerator, path, model=self.model,
                         optimizer=self.optimizer.optimizer, saved_world=state["world_size"])
         if state["world_size"] != self.world:
             set_seed(self.plan.recipe.run.seed + 1000 * state["step"] + self.rank)
@@ -300,7 +301,7 @@ class Trainer:
         stopped_early = self.step < plan.total_steps
         if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
             # What early stopping is for: export the best weights, not the last.
-            checkpoint.load(acc, self.rd.checkpoint(self.best_step), model=self.model,
+            sharded.load(acc, self.rd.checkpoint(self.best_step), model=self.model,
                             optimizer=self.optimizer.optimizer, saved_world=self.world)
         self._export()
         return self._summary(final_loss, train_time, self.step - start_step)
@@ -324,7 +325,7 @@ class Trainer:
         signal_name = self.preemption.signal
         self.outcome = "preempted"
         if self.is_main:
-            checkpoints.write_atomic(self.rd.preempted, json.dumps(
+            store.write_atomic(self.rd.preempted, json.dumps(
                 {"step": self.step, "signal": signal_name,
                  "checkpoint": self.rd.checkpoint(self.step).name}) + "\n")
             if progress:
@@ -389,7 +390,7 @@ class Trainer:
     def _save_checkpoint(self, best: bool = False, reason: str = "step") -> None:
         scaler = self.accelerator.scaler
         state = {"step": self.step, "epoch": self.epoch, "position": self.position.to_dict(),
-                 "data_order": checkpoints.data_order(self.plan.recipe),
+                 "data_order": compat.data_order(self.plan.recipe),
                  "world_size": self.world, "global_batch": self.plan.global_batch,
                  "reason": reason, "fingerprint": self.fingerprint,
                  "scheduler": self.scheduler.state_dict(),
@@ -401,16 +402,19 @@ class Trainer:
             state["best"] = {"step": self.best[0], "metric": self.best_metric,
                              "value": self.best[1]}
         began = time.perf_counter()
-        path = checkpoint.save(self.accelerator, self.rd, step=self.step, state=state,
+        path = sharded.save(self.accelerator, self.rd, step=self.step, state=state,
                                model=self.model, optimizer=self.optimizer.optimizer,
                                keep_last=self.plan.recipe.checkpoint.keep_last, best=best,
-                               group=self.preemption.group)
+                               group=self.preemption.group, after_write=self._after_write)
         seconds = time.perf_counter() - began
         log.info("checkpoint %s%s in %.1f s", path, " (best)" if best else "", seconds)
         grace = self.plan.recipe.checkpoint.grace_s
         if seconds > grace / 2:
             log.warning("saving took %.0f s, more than half of checkpoint.grace_s (%d s): a "
                         "save after a preemption signal may be cut off", seconds, grace)
+
+    def _after_write(self) -> None:
+        faults.at("save", step=self.step, rank=self.rank)
 
     def _export(self) -> None:
         state = self.accelerator.get_state_dict(self.model)
@@ -457,7 +461,7 @@ def _truncate_logs(rd: RunDir, step: int) -> None:
         lines = path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and line_step(line) <= step]
         if len(kept) != len(lines):
-            checkpoints.write_atomic(path, "".join(kept))
+            store.write_atomic(path, "".join(kept))
 
     keep(rd.metrics, lambda line: json.loads(line)["step"])
     for trace in rd.trace.glob("rank*.txt") if rd.trace.is_dir() else []:
