@@ -11,7 +11,9 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import REPO, TINY, launcher
-from launcher.bench import RESULT_FIELDS, flops, synthetic
+from launcher.bench import synthetic
+from launcher.engine import flops
+from launcher.engine.step_timer import RESULT_FIELDS
 from launcher.engine import data
 from launcher.recipe.load import load
 

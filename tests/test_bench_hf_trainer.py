@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from conftest import REPO, cli_env
-from launcher.bench import RESULT_FIELDS
-from launcher.bench.flops import FlopShape, flop_shape
+from launcher.engine.flops import FlopShape, flop_shape
+from launcher.engine.step_timer import RESULT_FIELDS
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 MAX_LENGTH = 64

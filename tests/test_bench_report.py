@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from launcher.bench.flops import FORMULA
+from launcher.engine.flops import FORMULA
 from launcher.bench.report import COLUMNS, compare, derive, table, write_report
 
 approx = pytest.approx

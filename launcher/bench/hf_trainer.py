@@ -3,7 +3,7 @@
     torchrun --standalone --nproc-per-node P -m launcher.bench.hf_trainer SPEC.json
 
 trains with `transformers.Trainer` for warmup_steps + steps optimizer steps and rank 0 writes one
-result (launcher.bench.RESULT_FIELDS) to SPEC["result"]; if anything raises, rank 0 writes the
+result (launcher.engine.step_timer.RESULT_FIELDS) to SPEC["result"]; if anything raises, rank 0 writes the
 result with "error" set and the process exits non-zero.
 
 settings "best" is Trainer tuned as a careful user would (mixed precision, dynamic padding to a
@@ -27,9 +27,8 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           DataCollatorWithPadding, PreTrainedTokenizerBase, PrinterCallback,
                           Trainer, TrainerCallback, TrainingArguments, set_seed)
 
-from launcher.bench import RESULT_FIELDS, write_result
-from launcher.bench.flops import flop_shape
-from launcher.engine.step_timer import cpu_name
+from launcher.engine.flops import flop_shape
+from launcher.engine.step_timer import RESULT_FIELDS, cpu_name, write_result
 
 
 class StepClock(TrainerCallback):

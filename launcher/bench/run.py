@@ -1,8 +1,8 @@
 """`python -m launcher bench R.py`: warm up, time N steps of every configuration, report.
 
 A configuration is (runner, strategy, micro batch). Ours runs through the same plan and
-`launch.sh` as `launcher run`, with LAUNCHER_BENCH telling the engine to time its own loop
-and train nothing else (no eval, checkpoint or export); HF Trainer runs under the same
+`launch.sh` as `launcher run`, with the plan's `bench` field telling the engine to time its own
+loop and train nothing else (no eval, checkpoint or export); HF Trainer runs under the same
 torchrun world on the same model directory, rows and batch (`hf_trainer.py`). Each
 configuration is its own torchrun job, one after another, so peak memory is its own.
 """
@@ -26,7 +26,8 @@ from typing import Optional
 from rich.console import Console
 
 from launcher import plan as plan_mod
-from launcher.bench import flops, report, synthetic
+from launcher.bench import report, synthetic
+from launcher.engine import flops
 from launcher.errors import RecipeError
 from launcher.executors.local import local_env, threads_per_rank
 from launcher.recipe.load import LoadedRecipe, apply_overrides
@@ -169,15 +170,13 @@ def _run_ours(loaded: LoadedRecipe, inputs: dict, config: Config, run_dir: Path,
     recipe = _our_recipe(loaded, inputs, config, run_dir, steps, warmup, procs)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a bench run never resumes
-    plan = plan_mod.build(dataclasses.replace(loaded, recipe=recipe))
+    result_path = run_dir / "result.json"
+    plan = dataclasses.replace(plan_mod.build(dataclasses.replace(loaded, recipe=recipe)),
+                               bench={"name": config.name, "warmup_steps": warmup,
+                                      "result": str(result_path)})
     plan_dir = run_dir / "plan"
     plan_mod.write(plan, plan_dir)
-    result_path = run_dir / "result.json"
-    spec = run_dir / "bench.json"
-    spec.write_text(json.dumps({"name": config.name, "warmup_steps": warmup,
-                                "result": str(result_path)}) + "\n")
-    env = {**local_env(plan), **os.environ, "PYTHON": sys.executable,
-           "LAUNCHER_BENCH": str(spec)}
+    env = {**local_env(plan), **os.environ, "PYTHON": sys.executable}
     rc = _torchrun(["bash", str(plan_dir / "launch.sh")], env, run_dir / "launch.log")
     return _collect(config, rc, result_path, run_dir)
 

@@ -67,7 +67,7 @@ def evaluate(*, plan: Any, task: Task, tokenizer: Any, model: Any, device: torch
              out_dir: Path, data_file: Optional[str] = None) -> Optional[dict]:
     """Score the eval set (or `data_file`) on every rank; rank 0 writes out_dir and returns
     the metrics, other ranks return None."""
-    from launcher.engine import data, eval_report
+    from launcher.engine import data, report
 
     loader = data.eval_loader(plan, task, tokenizer, rank, world, data_file)
     if loader is None:
@@ -79,5 +79,5 @@ def evaluate(*, plan: Any, task: Task, tokenizer: Any, model: Any, device: torch
         return None
     metrics = {"step": step, "examples": len(records), "skipped_empty": skipped,
                **task.metrics(records)}
-    eval_report.write(out_dir, task, metrics, records, plan.recipe.eval.errors_kept)
+    report.write_eval(out_dir, task, metrics, records, plan.recipe.eval.errors_kept)
     return metrics

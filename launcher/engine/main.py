@@ -1,17 +1,19 @@
 """One rank of a job: `python -m launcher.engine RUN_DIR/plan/plan.json` (under torchrun).
 
-The engine reads the plan file and torch.distributed's own environment, nothing else.
+The engine reads the plan file and torch.distributed's own environment, nothing else: what the
+loop does besides training (time itself for `launcher bench`, fail on purpose for the fault
+tests) comes from the plan too, handed to the trainer here as step hooks (engine/hooks.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
+from launcher.engine.hooks import Chain, StepHooks
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
@@ -30,6 +32,18 @@ def _setup_logging(rd: RunDir, rank: int) -> None:
     root = logging.getLogger("launcher")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def step_hooks(plan: Plan, rank: int) -> StepHooks:
+    """The hooks the plan asks for: the fault tests' faults, the bench's step timer."""
+    hooks: list[StepHooks] = []
+    if plan.faults:
+        from launcher.engine.faults import Faults
+        hooks.append(Faults(plan.faults, rank))
+    if plan.bench is not None:
+        from launcher.engine.step_timer import StepTimer
+        hooks.append(StepTimer(plan))
+    return Chain(hooks) if hooks else StepHooks()
 
 
 def main(argv: list[str]) -> int:
@@ -66,10 +80,7 @@ def main(argv: list[str]) -> int:
     try:
         from launcher.engine.trainer import Trainer
 
-        # `launcher bench` sets LAUNCHER_BENCH to its spec for this configuration.
-        bench = os.environ.get("LAUNCHER_BENCH")
-        trainer = Trainer(plan, plan_path.parent,
-                          bench=json.loads(Path(bench).read_text()) if bench else None)
+        trainer = Trainer(plan, plan_path.parent, hooks=step_hooks(plan, rank))
         trainer.train()
         return 0
     except BaseException as err:

@@ -1,13 +1,20 @@
-"""What rank 0 shows a person: a live progress bar while training, a summary table at the end."""
+"""What a run shows and leaves for a person, all from rank 0: on the terminal a live progress
+bar while training and a summary table at the end; in RUN_DIR/eval/<name>/ each evaluation's
+metrics.json, errors.jsonl and confusion_matrix.png (from the records of every rank).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+
+from launcher.tasks import Task
 
 
 class LiveProgress:
@@ -62,3 +69,41 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("samples/s", f"{summary['samples_per_s']:,.1f}")
     table.add_row("run directory", summary["run_dir"])
     return table
+
+
+def write_eval(out: Path, task: Task, metrics: dict[str, Any], records: list[dict],
+          errors_kept: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    errors = task.errors(records)[:errors_kept]
+    (out / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n"
+                                              for e in errors))
+    if "confusion_matrix" in metrics:
+        confusion_png(out / "confusion_matrix.png", metrics["confusion_matrix"], task.labels)
+
+
+def confusion_png(path: Path, matrix: list[list[int]], labels: tuple[str, ...]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    size = max(4.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=120)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(f"Confusion matrix ({sum(map(sum, matrix)):,} examples)")
+    peak = max((v for row in matrix for v in row), default=0)
+    if n <= 20:
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=8,
+                        color="white" if v > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

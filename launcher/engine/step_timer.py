@@ -1,13 +1,18 @@
 """What `launcher bench` measures inside the engine's own loop: per-step time, time waiting for
-data, rows and tokens, FLOPs, peak memory.
+data, rows and tokens, FLOPs, peak memory; and the result it writes (RESULT_FIELDS).
 
 Step times come from CUDA events recorded at each step's end and read after the last step, so
 timing adds no host sync to the loop it measures (on CPU the loop is synchronous and the host
 clock is the step's clock). The timed region starts after `warmup` steps, at a device sync.
+
+`launcher bench` writes its spec into the plan (plan.bench: the configuration's name,
+warm-up steps and where the result goes); engine/main.py hands the trainer a StepTimer as its
+step hooks. bench/hf_trainer.py writes its baseline's result in the same fields.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -16,14 +21,49 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from launcher.bench.flops import FlopShape
+from launcher.checkpoint.store import write_atomic
 from launcher.engine import packing
+from launcher.engine.flops import flop_shape
+from launcher.engine.hooks import StepHooks
+from launcher.plan.build import Plan
+
+# One configuration's measurement, as its rank 0 writes it (JSON). Counts are over the timed
+# steps only and summed over ranks; times are rank 0's.
+RESULT_FIELDS = {
+    "name": "label of the configuration, e.g. 'launcher ddp bf16 b32'",
+    "runner": "'launcher' or 'hf-trainer'",
+    "strategy": "ddp | zero1 | zero2 | zero3 | zero3_offload | fsdp",
+    "precision": "bf16 | fp16 | fp32",
+    "world_size": "processes", "micro_batch": "rows per process per micro step",
+    "grad_accum": "micro steps per step", "global_batch": "rows per optimizer step",
+    "max_length": "truncation length", "padding": "how rows were padded, in words",
+    "warmup_steps": "steps run before timing", "steps": "timed steps",
+    "step_times_s": "list: each timed step's wall time (s)",
+    "data_wait_s": "list: per timed step, the time the loop waited for its batches (s)",
+    "wall_s": "wall time of the timed steps together (s)",
+    "samples": "rows trained in the timed steps", "real_tokens": "non-pad tokens in them",
+    "padded_tokens": "tokens computed, padding included",
+    "model_flops": "flops.FlopShape.train_flops on real lengths, summed",
+    "hardware_flops": "the same on padded lengths",
+    "peak_memory_bytes": "max over ranks of torch.cuda.max_memory_allocated (null on CPU)",
+    "peak_reserved_bytes": "max over ranks of torch.cuda.max_memory_reserved (null on CPU)",
+    "device": "torch's device name, or the CPU's", "error": "null, or why it did not run",
+}
 
 
-class StepTimer:
-    def __init__(self, *, warmup: int, device: torch.device, shape: FlopShape):
-        self.warmup, self.device, self.shape = warmup, device, shape
-        self.cuda = device.type == "cuda"
+def write_result(path: Path, result: dict) -> None:
+    """One configuration's result, whole or not at all (`bench` reads it after the job)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=1) + "\n")
+
+
+class StepTimer(StepHooks):
+    def __init__(self, plan: Plan):
+        assert plan.bench is not None
+        self.plan, self.spec = plan, plan.bench
+        self.warmup = plan.bench["warmup_steps"]
+        self.device: Optional[torch.device] = None
+        self.cuda = False
         self.step_ends: list[Any] = []  # events (CUDA) or host times, from the last warm-up step
         self.data_wait: list[float] = []
         self._wait = 0.0
@@ -32,6 +72,10 @@ class StepTimer:
         # examples, real tokens, padded tokens, sum of real lengths squared, of padded rows'
         # lengths squared
         self.counts = [0, 0, 0, 0, 0]
+
+    def start(self, model: Any, device: torch.device) -> None:
+        self.shape = flop_shape(model)  # on the whole model: sharding hides parameters
+        self.device, self.cuda = device, device.type == "cuda"
 
     def data_begin(self) -> None:
         self._fetch = time.perf_counter()
@@ -63,6 +107,19 @@ class StepTimer:
             self.step_ends.append(event)
         else:
             self.step_ends.append(time.perf_counter())
+
+    def finish(self, group: Any) -> None:
+        p = self.plan
+        scale = p.recipe.scale
+        result = self.result(
+            group, name=self.spec["name"], runner="launcher", strategy=scale.strategy,
+            precision=scale.precision, world_size=p.world_size, micro_batch=p.micro_batch,
+            grad_accum=p.grad_accum, global_batch=p.global_batch,
+            max_length=p.recipe.data.max_length,
+            padding=f"dynamic: longest row of each micro batch, multiple of "
+                    f"{p.recipe.data.pad_to_multiple_of or 1}")
+        if result is not None:
+            write_result(Path(self.spec["result"]), result)
 
     def result(self, group: Any, **identity: Any) -> Optional[dict]:
         """The measurement, summed over ranks through `group` (a gloo group: the tensors stay

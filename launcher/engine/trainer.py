@@ -25,23 +25,22 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 from rich.console import Console
 
 from launcher import sources, tasks
-from launcher.bench import flops, write_result
 from launcher.checkpoint import compat, sharded, store
-from launcher.engine import data, faults, packing, step_loss
+from launcher.engine import data, packing, step_loss
 from launcher.engine.evaluate import evaluate
+from launcher.engine.hooks import StepHooks
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer, fsdp_block
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
-from launcher.engine.step_timer import StepTimer
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
+from launcher.plan.render import MIXED_PRECISION
 from launcher.plan.scan import balanced_weights, scan
 from launcher.run_dir import RunDir
 
 log = logging.getLogger("launcher.engine")
-_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 # Sharded weights are gathered inside forward: every rank must run the same forwards.
 _SHARDED = ("zero3", "zero3_offload", "fsdp")
 
@@ -69,7 +68,7 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
     # Accelerator(cpu=True) quietly turns a DeepSpeed plugin into plain DDP; DeepSpeed runs on
     # CPU through its own CPU accelerator (DS_ACCELERATOR=cpu) when accelerate is not told cpu.
     accelerator = Accelerator(cpu=cpu and "deepspeed_plugin" not in kwargs,
-                              mixed_precision=_PRECISION[precision],
+                              mixed_precision=MIXED_PRECISION[precision],
                               gradient_accumulation_steps=plan.grad_accum,
                               kwargs_handlers=handlers, **kwargs)
     if strategy.startswith("zero") and accelerator.distributed_type.name != "DEEPSPEED":
@@ -95,8 +94,12 @@ def _log_process_group(device: torch.device) -> None:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, plan_dir: Path, bench: Optional[dict] = None):
+    def __init__(self, plan: Plan, plan_dir: Path, hooks: Optional[StepHooks] = None):
         self.plan, self.rd = plan, RunDir(plan.run_dir)
+        # What the loop calls besides training (engine/hooks.py): none for a plain run.
+        self.hooks = hooks or StepHooks()
+        # `launcher bench`: time the loop, and train nothing else (no eval, checkpoint, export).
+        self.timing_only = plan.bench is not None
         self.task = tasks.for_recipe(plan.recipe)
         # The whole model on every rank from run.seed, before accelerate exists: once it has
         # a ZeRO-3 plugin, transformers builds under deepspeed.zero.Init, which draws each
@@ -105,7 +108,6 @@ class Trainer:
         set_seed(plan.recipe.run.seed)
         self.tokenizer = build_tokenizer(plan.recipe.model)
         model = build_model(plan.recipe.model, self.task)
-        shape = flops.flop_shape(model) if bench else None
         # Packed micro batches: the pooler reads each example's [CLS] wherever it landed.
         self.pooler = packing.install(model) if plan.recipe.data.packing else None
         if plan.recipe.scale.compile != "off":
@@ -113,6 +115,7 @@ class Trainer:
             # checkpoints and exports do not know it was compiled.
             model.compile(mode=plan.recipe.scale.compile, dynamic=False)
         self.accelerator = build_accelerator(plan, plan_dir)
+        self.hooks.start(model, self.accelerator.device)  # the whole model, before prepare
         _log_process_group(self.accelerator.device)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -147,10 +150,6 @@ class Trainer:
                                    warn=self._warn) if self.is_main else None)
         self.trace = self._open_trace()
         self.preemption = Preemption(self.world)
-        # `launcher bench`: time the loop, and train nothing else (no eval, checkpoint, export).
-        self.bench = bench
-        self.timer = (StepTimer(warmup=bench["warmup_steps"], device=self.accelerator.device,
-                                shape=shape) if bench else None)
 
     def _resume(self) -> Optional[int]:
         """Restore everything from the newest intact checkpoint; its step, or None."""
@@ -237,7 +236,7 @@ class Trainer:
                     if self.is_main else None)
         every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
         preempted = False
-        timer = self.timer
+        hooks = self.hooks
         self.model.train()
         with progress or contextlib.nullcontext():
             while self.step < plan.total_steps:
@@ -245,11 +244,9 @@ class Trainer:
                 # the step's labelled units over all ranks (step_loss.py).
                 micro_batches = []
                 for _ in range(plan.grad_accum):
-                    if timer:
-                        timer.data_begin()
+                    hooks.data_begin()
                     self.position, batch = next(batches)
-                    if timer:
-                        timer.data_end(batch["inputs"])
+                    hooks.data_end(batch["inputs"])
                     self.epoch = self.position.epoch
                     if self.trace:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
@@ -262,9 +259,7 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1
-                faults.at("step", step=self.step, rank=self.rank)
-                if timer:
-                    timer.step_end(self.step)
+                hooks.step_end(self.step)
                 if progress:
                     progress.advance(self.step)
                 last = self.step == plan.total_steps
@@ -272,7 +267,7 @@ class Trainer:
                     final_loss = self._log(window, progress)
                     window.reset()
                 preempted = not last and self.preemption.agreed()
-                if timer:
+                if self.timing_only:
                     if preempted:
                         break
                     continue
@@ -295,9 +290,10 @@ class Trainer:
                                       f"not improved for {self.evals_since_best} evaluations")
                     break
         train_time = time.perf_counter() - start
-        if timer:
+        hooks.finish(self.preemption.group)
+        if self.timing_only:
             self.outcome = "finished"
-            return self._bench_result(timer)
+            return {"step": self.step}
         stopped_early = self.step < plan.total_steps
         if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
             # What early stopping is for: export the best weights, not the last.
@@ -305,20 +301,6 @@ class Trainer:
                             optimizer=self.optimizer.optimizer, saved_world=self.world)
         self._export()
         return self._summary(final_loss, train_time, self.step - start_step)
-
-    def _bench_result(self, timer: StepTimer) -> dict:
-        p = self.plan
-        scale = p.recipe.scale
-        result = timer.result(
-            self.preemption.group, name=self.bench["name"], runner="launcher", strategy=scale.strategy,
-            precision=scale.precision, world_size=self.world, micro_batch=p.micro_batch,
-            grad_accum=p.grad_accum, global_batch=p.global_batch,
-            max_length=p.recipe.data.max_length,
-            padding=f"dynamic: longest row of each micro batch, multiple of "
-                    f"{p.recipe.data.pad_to_multiple_of or 1}")
-        if result is not None:
-            write_result(Path(self.bench["result"]), result)
-        return result or {}
 
     def _stop_preempted(self, progress) -> None:
         """Every rank saved this step; say so where the executor (and a person) will look."""
@@ -414,7 +396,7 @@ class Trainer:
                         "save after a preemption signal may be cut off", seconds, grace)
 
     def _after_write(self) -> None:
-        faults.at("save", step=self.step, rank=self.rank)
+        self.hooks.after_save(self.step)
 
     def _export(self) -> None:
         state = self.accelerator.get_state_dict(self.model)

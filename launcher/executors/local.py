@@ -15,6 +15,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from rich.console import Console
 
 from launcher import plan as plan_mod
 from launcher import resume
-from launcher.engine import trackers
+from launcher.engine import faults, trackers
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
@@ -64,7 +65,7 @@ class LocalExecutor:
     def prepare(self, plan: Plan) -> Path:
         rd = RunDir(plan.run_dir)
         rd.logs.mkdir(parents=True, exist_ok=True)
-        plan_mod.write(plan, rd.plan)
+        plan_mod.write(with_test_faults(plan), rd.plan)
         return rd.plan
 
     def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
@@ -176,6 +177,12 @@ class _Relay(threading.Thread):
                 if not self.quiet:
                     sys.stderr.write(line)
                     sys.stderr.flush()
+
+
+def with_test_faults(plan: Plan) -> Plan:
+    """The plan with the fault tests' LAUNCHER_FAULT from this shell (engine/faults.py): the
+    only environment the ranks' faults come from, read here so the engine reads only its plan."""
+    return dataclasses.replace(plan, faults=faults.parse(os.environ.get(faults.ENV, "")))
 
 
 def threads_per_rank(procs: int) -> str:

@@ -193,7 +193,8 @@ class SlurmExecutor:
     def prepare(self, plan: Plan) -> Path:
         rd = RunDir(plan.run_dir)
         rd.logs.mkdir(parents=True, exist_ok=True)
-        plan_mod.write(plan, rd.plan)
+        from launcher.executors.local import with_test_faults
+        plan_mod.write(with_test_faults(plan), rd.plan)
         write_file(rd.plan / "sbatch.sh", sbatch_script(plan), private=private(plan))
         return rd.plan
 

@@ -56,12 +56,19 @@ class Plan:
     # cuda plan on a node without the GPUs instead of falling back to CPU). Plans written
     # before scale.device existed read as "cpu".
     device: str = "cpu"
+    # `launcher bench` only (bench/run.py writes it): {"name", "warmup_steps", "result"}: the
+    # engine times its loop (engine/step_timer.py), writes the result to that path and trains
+    # nothing else (no eval, checkpoint or export). None for a run.
+    bench: Optional[dict[str, Any]] = None
+    # the fault tests only: faults to inject (engine/faults.py), which the executor that
+    # prepares the run copies from LAUNCHER_FAULT in the launching shell; [] otherwise.
+    faults: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def derived(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("recipe", "sources", "recipe_path", "name", "run_dir",
-                                  "data_checks")}
+                                  "data_checks", "bench", "faults")}
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

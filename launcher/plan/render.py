@@ -20,6 +20,9 @@ from launcher import families
 from launcher.plan.build import Plan
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
+# accelerate's mixed_precision for each scale.precision (accelerate.yaml and the engine's
+# Accelerator both take it from here)
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 DEFAULT_PORT = 29500
 
 
@@ -54,7 +57,7 @@ def deepspeed_config(plan: Plan) -> Optional[dict[str, Any]]:
 
 def accelerate_config(plan: Plan, plan_dir: Path) -> dict[str, Any]:
     strategy = plan.recipe.scale.strategy
-    precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[plan.recipe.scale.precision]
+    precision = MIXED_PRECISION[plan.recipe.scale.precision]
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "MULTI_GPU" if plan.world_size > 1 else "NO",
