@@ -6,7 +6,6 @@ cannot read) is checked here and reported in one line before a model is loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from launcher import sources, tasks
 from launcher.checkpoint import store, trust
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan, local_columns
+from launcher.plan.decisions import with_decisions
 from launcher.plan.scan import scan
 from launcher.run_dir import RunDir
 
@@ -31,27 +31,6 @@ def open_run(run_dir: str) -> tuple[RunDir, Plan]:
         raise RecipeError("RUN_DIR", f"{rd.root} holds no run (no plan/plan.json)",
                           "give the run directory that `launcher run` printed")
     return rd, Plan.from_json(plan_file.read_text())
-
-
-# What eval and predict may change: how outputs become answers, never the model.
-DECISIONS = ("task.null_threshold", "task.max_answer_length", "task.threshold")
-
-
-def with_decisions(plan: Plan, overrides: list[str]) -> Plan:
-    """The run's plan with `overrides` of DECISIONS applied (checked as at plan time)."""
-    if not overrides:
-        return plan
-    from launcher.recipe.load import apply_overrides
-
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key not in DECISIONS:
-            raise RecipeError(key, "cannot be changed after training (eval and predict use "
-                              "the trained model as it is)",
-                              f"override only {', '.join(DECISIONS)}")
-    recipe = apply_overrides(plan.recipe, list(overrides), {})
-    tasks.for_recipe(recipe).validate()
-    return dataclasses.replace(plan, recipe=recipe)
 
 
 def pick_checkpoint(rd: RunDir, checkpoint: Optional[str]) -> Optional[str]:
