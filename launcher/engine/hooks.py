@@ -11,7 +11,7 @@ from typing import Any
 
 
 class StepHooks:
-    def start(self, model: Any, device: Any) -> None:
+    def setup(self, model: Any, device: Any) -> None:
         """Once, before the loop: the whole model (not yet wrapped or sharded) and its device."""
 
     def data_begin(self) -> None:
@@ -38,9 +38,9 @@ class Chain(StepHooks):
     def __init__(self, hooks: list[StepHooks]):
         self.hooks = hooks
 
-    def start(self, model: Any, device: Any) -> None:
+    def setup(self, model: Any, device: Any) -> None:
         for h in self.hooks:
-            h.start(model, device)
+            h.setup(model, device)
 
     def data_begin(self) -> None:
         for h in self.hooks:

@@ -1,8 +1,10 @@
 """One rank of a job: `python -m launcher.engine RUN_DIR/plan/plan.json` (under torchrun).
 
-The engine reads the plan file and torch.distributed's own environment, nothing else: what the
-loop does besides training (time itself for `launcher bench`, fail on purpose for the fault
-tests) comes from the plan too, handed to the trainer here as step hooks (engine/hooks.py).
+The engine reads the plan file; from the environment only what others define there
+(torch.distributed's and Slurm's variables, the trackers' MLFLOW_* / WANDB_* settings), no
+setting of ours. What the loop does besides training (time itself for `launcher bench`, fail on
+purpose for the fault tests) comes from the plan too, handed to the trainer here as step hooks
+(engine/hooks.py).
 """
 
 from __future__ import annotations

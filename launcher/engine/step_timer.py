@@ -73,7 +73,7 @@ class StepTimer(StepHooks):
         # lengths squared
         self.counts = [0, 0, 0, 0, 0]
 
-    def start(self, model: Any, device: torch.device) -> None:
+    def setup(self, model: Any, device: torch.device) -> None:
         self.shape = flop_shape(model)  # on the whole model: sharding hides parameters
         self.device, self.cuda = device, device.type == "cuda"
 

@@ -115,7 +115,7 @@ class Trainer:
             # checkpoints and exports do not know it was compiled.
             model.compile(mode=plan.recipe.scale.compile, dynamic=False)
         self.accelerator = build_accelerator(plan, plan_dir)
-        self.hooks.start(model, self.accelerator.device)  # the whole model, before prepare
+        self.hooks.setup(model, self.accelerator.device)  # the whole model, before prepare
         _log_process_group(self.accelerator.device)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
