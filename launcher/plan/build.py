@@ -73,6 +73,10 @@ class Plan:
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["recipe"] = to_dict(self.recipe)
+        # A run's plan.json says nothing of the bench or the fault tests.
+        for test_only in ("bench", "faults"):
+            if not data[test_only]:
+                del data[test_only]
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
