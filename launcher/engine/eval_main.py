@@ -23,17 +23,17 @@ from launcher.engine.evaluate import evaluate, score
 from launcher.engine.model import build_model, build_tokenizer, load_trained
 from launcher.checkpoint.sharded import model_weights
 from launcher.plan.build import Plan
+from launcher.plan.decisions import with_decisions
 from launcher.run_dir import RunDir
 
 
 def load(run_dir: Path, checkpoint: Optional[str],
          overrides: list[str] = ()) -> tuple[Plan, Any, Any, Any]:
     """(plan, task, tokenizer, model) of a run, from final/ or from one checkpoint's weights;
-    `overrides` change only how outputs become answers (trained.DECISIONS)."""
+    `overrides` change only how outputs become answers (plan.decisions)."""
     import transformers
     from transformers import AutoTokenizer
 
-    from launcher.trained import with_decisions
 
     transformers.utils.logging.disable_progress_bar()
     rd = RunDir(run_dir)
