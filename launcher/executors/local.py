@@ -111,12 +111,11 @@ class LocalExecutor(Executor):
             _report_failure(rd, list(tail), rc, plan.world_size)
         return rc
 
-
     def state(self, rd: RunDir) -> Optional[JobState]:
         if not rd.local_job.is_file():
             return None
         rec = json.loads(rd.local_job.read_text())
-        job = f"pid {rec['pid']} on {rec['host']}"
+        job = f"pid {rec['pid']}"
         if "ended" in rec:
             return JobState(self.name, job, "ended", running=False, nodes=rec["host"])
         if rec["host"] != socket.gethostname():
@@ -142,7 +141,7 @@ class LocalExecutor(Executor):
         pid = json.loads(rd.local_job.read_text())["pid"]
         # The launcher passes it to torchrun, which passes it to every rank (see _Stop).
         os.kill(pid, signal.SIGTERM)
-        console.print(f"sent SIGTERM to the launcher ({job.job}): every rank saves the step "
+        console.print(f"sent SIGTERM to the launcher ({job.job} on {job.nodes}): every rank saves the step "
                       f"it is on and exits; `launcher resume {rd.root}` goes on",
                       highlight=False, soft_wrap=True)
         return 0
