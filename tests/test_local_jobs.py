@@ -8,9 +8,7 @@ are run directories made here, with no launch.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +16,6 @@ import sys
 import time
 
 import pytest
-from rich.console import Console
 
 from conftest import REPO, TINY, cli_env, launcher
 from launcher import cli
