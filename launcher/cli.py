@@ -1,13 +1,12 @@
-"""`python -m launcher {run,render} RECIPE [section.field=value ...]`: parse, build, run;
-`python -m launcher resume RUN_DIR`: go on from the run's last checkpoint;
-`python -m launcher {eval,predict} RUN_DIR ...`: use what a run trained."""
+"""`python -m launcher VERB ...`: the command line. The parser, one line and exit 2 for every
+mistake a user can make, and which module of launcher/commands/ runs each verb."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -97,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                     "precision, when launcher's table does not know it (for MFU)")
     st = sub.add_parser("status", help="state, step, loss, samples/s and ETA of a run")
     lg = sub.add_parser("logs", help="print one rank's log")
-    ca = sub.add_parser("cancel", help="cancel a run's Slurm job")
+    ca = sub.add_parser("cancel", help="stop a run: cancel its Slurm job, or stop a local "
+                                      "run (every rank saves its step first)")
     for p in (st, lg, ca):
         p.add_argument("run_dir", help="the run directory `launcher run` printed")
     lg.add_argument("--rank", type=int, default=0, help="which rank (default 0)")
@@ -124,14 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scale_overrides(args: argparse.Namespace) -> list[str]:
-    flags = []
-    for flag, key, value in (("--nodes", "scale.nodes", getattr(args, "nodes", None)),
-                             ("--nproc-per-node", "scale.procs_per_node", args.procs_per_node),
-                             ("--executor", "run.executor", getattr(args, "executor", None))):
-        if value is not None:
-            flags.append(f"{key}={value}")
-    return flags
+# Each verb's module under launcher/commands/ (imported on use: `status` needs no torch).
+COMMANDS = {"run": "run", "render": "render", "plan-memory": "plan_memory", "sweep": "sweep",
+            "resume": "resume", "bench": "bench", "status": "status", "logs": "logs",
+            "cancel": "cancel", "eval": "eval", "predict": "predict"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,164 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
     try:
-        return _dispatch(args, console)
+        command = importlib.import_module(f"launcher.commands.{COMMANDS[args.command]}")
+        return command.main(args, console)
     except RecipeError as err:
         # escape: a value echoed back ('[/x]', a path with brackets) is text, not rich markup.
         Console(stderr=True).print(f"[bold red]error:[/] {escape(err.one_line())}",
                                    highlight=False, soft_wrap=True)
         return 2
-
-
-def _dispatch(args: argparse.Namespace, console: Console) -> int:
-    if args.command == "sweep":
-        from launcher.sweep import sweep_command
-        return sweep_command(args.recipe, args.axes, [*args.fixed, *_scale_overrides(args)],
-                             args.out, console)
-    if args.command in ("status", "logs", "cancel"):
-        from launcher import jobs
-        if args.command == "status":
-            return jobs.status_command(args.run_dir, console)
-        if args.command == "logs":
-            return jobs.logs_command(args.run_dir, args.rank, console)
-        return jobs.cancel_command(args.run_dir, console)
-    if args.command == "eval":
-        from launcher.trained import eval_command
-        return eval_command(args.run_dir, args.checkpoint, args.data, args.procs_per_node, console,
-                            args.overrides)
-    if args.command == "predict":
-        from launcher.trained import predict_command
-        return predict_command(args.run_dir, args.checkpoint, args.text, args.pair, args.file,
-                               console, args.overrides)
-    from launcher import plan as plan_mod
-    from launcher.plan.explain import explain
-    from launcher.recipe.load import load
-
-    if args.command == "resume":
-        from launcher.resume import resume_plan
-        return _launch(resume_plan(args.run_dir, args.nodes, args.procs_per_node,
-                                   args.executor), args, console, must_resume=True)
-    loaded = load(args.recipe, [*args.overrides, *_scale_overrides(args)])
-    if args.command == "bench":
-        from launcher.bench.run import bench_command
-        return bench_command(
-            loaded, steps=args.steps, warmup=args.warmup, out=args.out, baselines=args.baseline,
-            synthetic_data=args.synthetic, batches=_ints(args.batch, "--batch"),
-            strategies=[s for s in args.strategies.split(",") if s], procs=args.procs_per_node,
-            peak=args.peak_tflops, argv=args.argv, console=console, packing=args.packing,
-            compiles=[m for m in args.compile.split(",") if m])
-    if args.command == "plan-memory":
-        from launcher.plan.memory_report import memory_command
-        plan = plan_mod.build(loaded)
-        try:
-            return memory_command(plan, console)
-        except RecipeError as err:
-            raise err.with_source(_shown(plan.recipe_path)) from None
-    if args.command == "render":
-        plan = plan_mod.build(loaded)
-        _model_note(plan, console)
-        _data_notes(plan, console)
-        _memory_note(plan, console)
-        if args.explain:
-            explain(plan, console)
-        # Absolute, so launch.sh and accelerate.yaml work from any directory.
-        out = Path(args.out).resolve()
-        for path in plan_mod.write(plan, out):
-            console.print(f"wrote {path}")
-        if plan.recipe.run.executor == "slurm":
-            from launcher.executors.slurm import sbatch_script
-            from launcher.plan.render import private, write_file
-            write_file(out / "sbatch.sh", sbatch_script(plan), private=private(plan))
-            console.print(f"wrote {out / 'sbatch.sh'}")
-        return 0
-
-    return _launch(plan_mod.build(loaded), args, console)
-
-
-def _launch(plan, args: argparse.Namespace, console: Console, must_resume: bool = False) -> int:
-    from launcher.plan.explain import explain
-
-    if plan.recipe.run.executor == "slurm":
-        from launcher.executors.slurm import SlurmExecutor
-        executor = SlurmExecutor()
-    else:
-        from launcher.executors.local import LocalExecutor
-        executor = LocalExecutor()
-    check_model(plan)
-    _data_notes(plan, console)
-    _memory_note(plan, console)
-    step = executor.check(plan)
-    if step is None and must_resume:
-        raise RecipeError("RUN_DIR", f"{plan.run_dir} has no checkpoint to resume from",
-                          "start it again with `launcher run` and the same run.output_dir")
-    if step is not None:
-        console.print(f"resuming {plan.run_dir} from step {step} of {plan.total_steps}",
-                      highlight=False)
-    if getattr(args, "explain", False):
-        explain(plan, console)
-    plan_dir = executor.prepare(plan)
-    if args.dry_run:
-        console.print(f"plan written to {plan_dir}; not launched (--dry-run)")
-        return 0
-    return executor.run(plan, plan_dir, console)
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RecipeError(flag, f"is {text!r}", "give whole numbers separated by commas, "
-                          "e.g. 32,256") from None
-    if any(v < 1 for v in values):
-        raise RecipeError(flag, f"is {text!r}", "give numbers of 1 or more")
-    return values
-
-
-def _memory_note(plan, console: Console) -> None:
-    from launcher import tasks
-    from launcher.plan.memory import fit_warning
-
-    try:
-        warning = fit_warning(plan, tasks.for_recipe(plan.recipe))
-    except RecipeError as err:
-        raise err.with_source(_shown(plan.recipe_path)) from None
-    if warning:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-
-
-def check_model(plan) -> None:
-    """Before anything is launched (or written by --dry-run): the model and tokenizer exist."""
-    from launcher.plan import model_source
-
-    try:
-        model_source.check(plan.recipe.model)
-    except RecipeError as err:
-        raise err.with_source(_shown(plan.recipe_path)) from None
-
-
-def _model_note(plan, console: Console) -> None:
-    """`render` writes files for another machine (a cluster whose cache may hold the model):
-    a model not found here is a warning, not an error."""
-    try:
-        check_model(plan)
-    except RecipeError as err:
-        console.print(f"[yellow]warning:[/] {escape(err.one_line())} (`run` refuses this)",
-                      highlight=False, soft_wrap=True)
-
-
-def _shown(path: str) -> str:
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
-def _data_notes(plan, console: Console) -> None:
-    from launcher.plan.scan import Scan
-
-    for which, found in plan.data_checks.items():
-        note = Scan(**found).describe_empty(f"data.{which}")
-        if note:
-            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

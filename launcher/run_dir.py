@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from launcher.plan.build import Plan
 
 
 class RunDir:
@@ -22,6 +25,9 @@ class RunDir:
         self.preempted = self.root / "preempted.json"
         self.slurm = self.root / "slurm"  # submitit's files, and job.json
         self.slurm_job = self.slurm / "job.json"  # the job id, for status, logs and cancel
+        # A local run's launcher process (pid, host, start time; its end once it ends), for
+        # status and cancel: what slurm/job.json is for a Slurm job.
+        self.local_job = self.root / "local_job.json"
 
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank{rank}.log"
@@ -56,3 +62,16 @@ class RunDir:
             return None
         target = self.checkpoints / pointer.read_text().strip()
         return target if target.is_dir() else None
+
+
+def open_run(run_dir: str | Path) -> tuple[RunDir, "Plan"]:
+    """A run directory named on the command line, and the plan it ran (one line if none)."""
+    from launcher.errors import RecipeError
+    from launcher.plan.build import Plan
+
+    rd = RunDir(Path(run_dir).expanduser().resolve())
+    plan_file = rd.plan / "plan.json"
+    if not plan_file.is_file():
+        raise RecipeError("RUN_DIR", f"{rd.root} holds no run (no plan/plan.json)",
+                          "give the run directory that `launcher run` printed")
+    return rd, Plan.from_json(plan_file.read_text())

@@ -28,7 +28,7 @@ def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     executor = LocalExecutor()
     executor.check(plan)
-    rc = executor.run(plan, executor.prepare(plan), Console(file=io.StringIO()))
+    rc = executor.submit(plan, executor.prepare(plan), Console(file=io.StringIO()))
     stderr = capsys.readouterr().err
     assert rc != 0
     assert "rank 1 of 2 failed" in stderr

@@ -167,7 +167,7 @@ echo "Submitted batch job 4242"
     assert ex.check(plan) is None
     mask = os.umask(0o022)
     try:
-        rc = ex.run(plan, ex.prepare(plan), console=Console(file=io.StringIO()))
+        rc = ex.submit(plan, ex.prepare(plan), console=Console(file=io.StringIO()))
     finally:
         os.umask(mask)
     assert rc == 0

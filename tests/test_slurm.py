@@ -165,7 +165,7 @@ def test_cuda_plan_gets_gpus_on_both_nodes_and_is_refused_without_cuda(cluster, 
 def test_sweep_points_with_the_same_request_share_one_array():
     from launcher.plan import build
     from launcher.recipe.load import load
-    from launcher.sweep import array_script, groups, points
+    from launcher.commands.sweep import array_script, groups, points
 
     grid = points(["scale.procs_per_node=1,2", "optim.lr=1e-3,2e-3", "slurm.time_min=5,10"])
     plans = [build(load(TINY, ["run.executor=slurm", *p, f"run.output_dir=/sweep/{i}"]))

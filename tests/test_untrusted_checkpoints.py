@@ -165,7 +165,7 @@ def test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_befo
 
     # eval/predict refuse it too, in one line; step-N and step-000000N name the same checkpoint.
     from launcher.cli import main
-    from launcher.trained import pick_checkpoint
+    from launcher.commands.trained import pick_checkpoint
 
     assert pick_checkpoint(rd, "step-4") == pick_checkpoint(rd, "step-0000004") == "step-0000004"
     for name in ("step-3", "step-0000003"):

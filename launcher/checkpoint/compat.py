@@ -1,10 +1,13 @@
 """Whether a checkpoint can go on under a recipe and plan: the same model, the same data order,
-the same global batch. Checked before launching (`launcher.resume`) and again by the engine,
-which a requeued job reaches directly."""
+the same global batch. Checked before launching (`check`, by every executor) and again by the
+engine, which a requeued job reaches directly."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+from launcher.checkpoint import store
+from launcher.errors import RecipeError
 
 
 def fingerprint(recipe: Any, labels: tuple) -> dict[str, Any]:
@@ -42,3 +45,53 @@ def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) 
         problems.append(f"the global batch was {state['global_batch']} and the plan has "
                         f"{global_batch} (set scale.global_batch={state['global_batch']})")
     return problems
+
+
+def check(plan: Any) -> Optional[int]:
+    """The step a launch of `plan` will continue from (None: a fresh run); a recipe that
+    does not fit the run directory's checkpoint is refused here, before launching (no torch,
+    no hashing: the engine verifies the checkpoint itself and falls back to an older one when
+    a file is damaged). A checkpoint holding something that could run code when loaded is
+    skipped here already, with a warning."""
+    from launcher import tasks  # the task's labels shape the head; tasks import the recipe
+    from launcher.run_dir import RunDir
+
+    rd = RunDir(plan.run_dir)
+    if rd.summary.is_file() and rd.final.is_dir():
+        raise RecipeError("run.output_dir", f"{rd.root} holds a finished run (summary.json "
+                          "and final/)", "choose a new run.output_dir, or use `launcher eval` "
+                          "on it; nothing there was touched")
+    choice = store.loadable(rd)
+    for warning in choice.warnings:
+        _warn(f"{warning}; falling back to an older checkpoint" if choice.path else warning)
+    if choice.path is None and choice.warnings:
+        raise RecipeError("RUN_DIR", f"no checkpoint in {rd.checkpoints} is safe to load",
+                          "start over in a new run.output_dir (or restore the run's "
+                          "checkpoints from a copy you trust); nothing there was touched")
+    latest = choice.path
+    if latest is None or not (latest / store.STATE).is_file():
+        return None
+    state = store.read_state(latest)
+    now = fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
+    problems = incompatible(state, now, plan.global_batch)
+    problems += order_problems(state, plan.recipe)
+    if problems:
+        raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
+                          f"{'; '.join(problems)}", "use the recipe and global batch that run "
+                          "was started with, or a new run.output_dir; nothing there was touched")
+    saved_world = state.get("world_size", plan.world_size)
+    if (latest / "deepspeed").is_dir() and saved_world != plan.world_size:
+        # DeepSpeed's own checkpoint holds one optimizer shard per rank, cut for that world.
+        raise RecipeError("--nproc-per-node", f"{latest} is a DeepSpeed ZeRO checkpoint of "
+                          f"{saved_world} ranks and this launch has {plan.world_size}",
+                          f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
+                          "nothing there was touched")
+    return state["step"]
+
+
+def _warn(text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(text)}", highlight=False,
+                               soft_wrap=True)

@@ -23,6 +23,7 @@ from launcher.engine.evaluate import evaluate, score
 from launcher.engine.model import build_model, build_tokenizer, load_trained
 from launcher.checkpoint.sharded import model_weights
 from launcher.plan.build import Plan
+from launcher.plan.decisions import with_decisions
 from launcher.run_dir import RunDir
 
 
@@ -32,8 +33,6 @@ def load(run_dir: Path, checkpoint: Optional[str],
     `overrides` change only how outputs become answers (plan/decisions.py)."""
     import transformers
     from transformers import AutoTokenizer
-
-    from launcher.plan.decisions import with_decisions
 
     transformers.utils.logging.disable_progress_bar()
     rd = RunDir(run_dir)

@@ -15,41 +15,41 @@ checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
 
-from launcher import plan as plan_mod
-from launcher import resume
-from launcher.engine import faults, trackers
 from launcher.errors import RecipeError
+from launcher.executors.base import Executor, JobState
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with a checkpoint saved; run it again
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGQUIT)
 _ROOT_CAUSE_RANK = re.compile(r"rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
-class LocalExecutor:
-    def check(self, plan: Plan) -> Optional[int]:
-        """Refuse what cannot run here; the step the run will resume from, if any."""
+class LocalExecutor(Executor):
+    name = "local"
+
+    def refuse(self, plan: Plan) -> None:
         if plan.nodes != 1:
             raise RecipeError("scale.nodes", f"is {plan.nodes} but the local executor runs on one "
                               "machine", "use --nodes 1 here, or render the plan for a cluster "
                               "with `python -m launcher render`")
-        trackers.check(plan)
         if plan.device == "cuda":
             # What the engine would refuse on every rank, said before anything starts.
             import torch
@@ -60,25 +60,16 @@ class LocalExecutor:
                                   f"{plan.procs_per_node} process(es) (CUDA_VISIBLE_DEVICES="
                                   f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})",
                                   "set scale.device=cpu, or run on a machine with the GPUs")
-        return resume.check(plan)
 
-    def prepare(self, plan: Plan) -> Path:
-        rd = RunDir(plan.run_dir)
-        rd.logs.mkdir(parents=True, exist_ok=True)
-        plan_mod.write(with_test_faults(plan), rd.plan)
-        return rd.plan
-
-    def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+    def submit(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+        """Run the plan under torchrun here and wait for it (Ctrl-C stops it, see above)."""
         rd = RunDir(plan.run_dir)
         env = dict(os.environ, PYTHON=sys.executable)
         for key, value in local_env(plan).items():
             env.setdefault(key, value)
         console.print(f"[bold]launching[/] {plan.world_size} process(es); run directory "
                       f"{plan.run_dir}", highlight=False)
-        # What an earlier attempt left must not be read as this one's outcome.
-        rd.preempted.unlink(missing_ok=True)
-        for stale in rd.logs.glob("rank*.error"):
-            stale.unlink()
+        self.clear_outcome(rd)
         # A session of its own: the terminal's signals come to this process only (see above).
         proc = subprocess.Popen(["bash", str(plan_dir / "launch.sh")], env=env,
                                 stderr=subprocess.PIPE, text=True, errors="replace",
@@ -87,11 +78,15 @@ class LocalExecutor:
         relay = _Relay(proc.stderr, tail, rd.logs / "torchrun.log")
         stop = _Stop(proc, relay, console)
         previous = {sig: signal.signal(sig, stop.handle) for sig in _FORWARDED}
+        # Recorded only now: a `launcher cancel` (SIGTERM) must find the handler that lets
+        # every rank save, not the default that would orphan torchrun.
+        _record(rd, started=True)
         try:
             rc = proc.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            _record(rd, started=False)
         relay.join(timeout=5)
         ctrl_c = stop.first == "SIGINT" or stop.aborted
         if rd.preempted.is_file() and not stop.aborted:
@@ -103,7 +98,7 @@ class LocalExecutor:
             console.print(f"[bold yellow]preempted[/] ({info['signal']}) at step {info['step']}; "
                           f"checkpoint {info['checkpoint']} saved. Continue with: python -m "
                           f"launcher resume {rd.root}", highlight=False, soft_wrap=True)
-            return resume.EXIT_PREEMPTED
+            return EXIT_PREEMPTED
         if ctrl_c:
             latest = rd.latest()
             kept = (f"the last complete checkpoint is {latest.name}; `launcher resume {rd.root}` "
@@ -115,6 +110,64 @@ class LocalExecutor:
         if rc != 0:
             _report_failure(rd, list(tail), rc, plan.world_size)
         return rc
+
+    def state(self, rd: RunDir) -> Optional[JobState]:
+        if not rd.local_job.is_file():
+            return None
+        rec = json.loads(rd.local_job.read_text())
+        job = f"pid {rec['pid']}"
+        if "ended" in rec:
+            return JobState(self.name, job, "ended", running=False, nodes=rec["host"])
+        if rec["host"] != socket.gethostname():
+            return JobState(self.name, job, "started on another host (cannot be checked "
+                            "from here)", running=None, nodes=rec["host"])
+        if _alive(rec):
+            return JobState(self.name, job, "running", running=True, nodes=rec["host"])
+        # Killed too hard to record its end (SIGKILL, a crash, the machine went down).
+        return JobState(self.name, job, "gone without ending (killed or crashed)",
+                        running=False, nodes=rec["host"])
+
+    def cancel(self, rd: RunDir, console: Console) -> int:
+        job = self.state(rd)
+        if job is None or job.running is False:
+            raise RecipeError("RUN_DIR", f"{rd.root} is not running here"
+                              + (f" (its launcher, {job.job}, {job.state})" if job else ""),
+                              f"see `launcher status {rd.root}`; `launcher resume {rd.root}` "
+                              "goes on from its last checkpoint")
+        if job.running is None:
+            raise RecipeError("RUN_DIR", f"{rd.root} was started on {job.nodes}, not on this "
+                              f"host ({socket.gethostname()})", f"run `launcher cancel {rd.root}` "
+                              f"on {job.nodes}")
+        pid = json.loads(rd.local_job.read_text())["pid"]
+        # The launcher passes it to torchrun, which passes it to every rank (see _Stop).
+        os.kill(pid, signal.SIGTERM)
+        console.print(f"sent SIGTERM to the launcher ({job.job} on {job.nodes}): every rank saves the step "
+                      f"it is on and exits; `launcher resume {rd.root}` goes on",
+                      highlight=False, soft_wrap=True)
+        return 0
+
+
+def _record(rd: RunDir, started: bool) -> None:
+    """RUN_DIR/local_job.json: this launcher process while it runs, and when it ended."""
+    import psutil
+
+    me = psutil.Process()
+    rec = {"pid": me.pid, "host": socket.gethostname(), "created": me.create_time()}
+    if not started:
+        rec["ended"] = time.time()
+    tmp = rd.local_job.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec) + "\n")
+    tmp.replace(rd.local_job)  # status never reads half a record
+
+
+def _alive(rec: dict) -> bool:
+    """The recorded process still runs (the same process: a reused pid has another start)."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(rec["pid"]).create_time() - rec["created"]) < 1
+    except psutil.NoSuchProcess:
+        return False
 
 
 class _Stop:
@@ -177,12 +230,6 @@ class _Relay(threading.Thread):
                 if not self.quiet:
                     sys.stderr.write(line)
                     sys.stderr.flush()
-
-
-def with_test_faults(plan: Plan) -> Plan:
-    """The plan with the fault tests' LAUNCHER_FAULT from this shell (engine/faults.py): the
-    only environment the ranks' faults come from, read here so the engine reads only its plan."""
-    return dataclasses.replace(plan, faults=faults.parse(os.environ.get(faults.ENV, "")))
 
 
 def threads_per_rank(procs: int) -> str:

@@ -19,10 +19,8 @@ from typing import Any, Iterator, Optional
 
 from rich.console import Console
 
-from launcher import plan as plan_mod
-from launcher import resume
-from launcher.engine import trackers
 from launcher.errors import RecipeError
+from launcher.executors.base import Executor, JobState
 from launcher.plan.build import Plan
 from launcher.plan.render import private, write_file
 from launcher.run_dir import RunDir
@@ -128,11 +126,16 @@ def submitting(plan: Plan) -> Iterator[None]:
             os.environ.pop("SLURM_UMASK", None)
 
 
-def clear_outcome(rd: RunDir) -> None:
-    """What an earlier attempt left must not be read as this job's outcome."""
-    rd.preempted.unlink(missing_ok=True)
-    for stale in rd.logs.glob("rank*.error"):
-        stale.unlink()
+def job_id(rd: RunDir) -> Optional[str]:
+    return json.loads(rd.slurm_job.read_text())["job_id"] if rd.slurm_job.is_file() else None
+
+
+def slurm_state(job: str) -> dict[str, str]:
+    """scontrol's view of a job (works without Slurm's accounting database)."""
+    out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True)
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return {k: fields[k] for k in ("JobState", "NodeList", "RunTime", "Restarts", "Reason")
+            if k in fields}
 
 
 def request(plan: Plan) -> str:
@@ -146,8 +149,10 @@ def sbatch_script(plan: Plan) -> str:
     return ex._make_submission_file_text(ex._submitit_command_str, "render")
 
 
-class SlurmExecutor:
-    def check(self, plan: Plan) -> Optional[int]:
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def refuse(self, plan: Plan) -> None:
         s, c = plan.recipe.slurm, plan.recipe.checkpoint
         if shutil.which("sbatch") is None:
             raise RecipeError("run.executor", "is 'slurm' but there is no sbatch on PATH here",
@@ -187,22 +192,18 @@ class SlurmExecutor:
                               "so the job could not take it from here",
                               f"export {missing[0]}=... before `launcher run`, or remove it "
                               "from slurm.pass_env")
-        trackers.check(plan)
-        return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:
-        rd = RunDir(plan.run_dir)
-        rd.logs.mkdir(parents=True, exist_ok=True)
-        from launcher.executors.local import with_test_faults
-        plan_mod.write(with_test_faults(plan), rd.plan)
-        write_file(rd.plan / "sbatch.sh", sbatch_script(plan), private=private(plan))
-        return rd.plan
+        plan_dir = super().prepare(plan)
+        write_file(plan_dir / "sbatch.sh", sbatch_script(plan), private=private(plan))
+        return plan_dir
 
-    def run(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+    def submit(self, plan: Plan, plan_dir: Path, console: Console) -> int:
+        """Queue the job and return at once with its id."""
         from launcher.executors.slurm_job import NodeJob
 
         rd = RunDir(plan.run_dir)
-        clear_outcome(rd)
+        self.clear_outcome(rd)
         with submitting(plan):
             job = executor_for(plan).submit(NodeJob(str(plan_dir), node_env(plan),
                                                     plan.recipe.checkpoint.grace_s))
@@ -212,3 +213,28 @@ class SlurmExecutor:
         for what, cmd in (("follow", "status"), ("logs", "logs"), ("stop", "cancel")):
             console.print(f"  {what}: python -m launcher {cmd} {plan.run_dir}", highlight=False)
         return 0
+
+    def state(self, rd: RunDir) -> Optional[JobState]:
+        job = job_id(rd)
+        if job is None:
+            return None
+        found = slurm_state(job)
+        words = found.get("JobState", "gone from scontrol")
+        return JobState(self.name, job, words, running=words in _ALIVE,
+                        nodes=found.get("NodeList", "") if found.get("NodeList") != "(null)"
+                        else "", restarts=int(found.get("Restarts", "0")))
+
+    def cancel(self, rd: RunDir, console: Console) -> int:
+        job = job_id(rd)
+        if job is None:
+            raise RecipeError("RUN_DIR", f"{rd.root} was not submitted to Slurm",
+                              "stop a local run with `launcher cancel` on its host")
+        subprocess.run(["scancel", job], check=True)
+        console.print(f"cancelled Slurm job {job}; resume it later with `python -m launcher "
+                      f"resume {rd.root} --executor slurm`", highlight=False)
+        return 0
+
+
+# scontrol's states of a job that has not ended yet.
+_ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
+          "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}

@@ -1,8 +1,5 @@
-"""What `launcher eval` and `launcher predict` may change in a finished run's plan.
-
-Read by the CLI (launcher/trained.py, which checks before anything starts) and by the engine
-(engine/eval_main.py), so it lives at the plan's level, below both.
-"""
+"""What `launcher eval` and `predict` may change in a trained run's plan: how outputs become
+answers, never the model. Here, below the engine, because the engine's eval applies them too."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ from launcher import tasks
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 
-# What eval and predict may change: how outputs become answers, never the model.
 DECISIONS = ("task.null_threshold", "task.max_answer_length", "task.threshold")
 
 

@@ -50,9 +50,17 @@ def slug(point: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)
 
 
-def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[str],
-                  console: Console) -> int:
+def main(args, console: Console) -> int:
+    from launcher.commands.launch import scale_overrides
+
+    return sweep(args.recipe, args.axes, [*args.fixed, *scale_overrides(args)], args.out,
+                 console)
+
+
+def sweep(recipe: str, axes: list[str], flags: list[str], out: Optional[str],
+          console: Console) -> int:
     from launcher import plan as plan_mod
+    from launcher.commands.launch import check_model
     from launcher.recipe.load import load
 
     grid = points(axes)
@@ -62,7 +70,6 @@ def sweep_command(recipe: str, axes: list[str], flags: list[str], out: Optional[
     plans = [plan_mod.build(load(recipe, [*flags, *point,
                                           f"run.output_dir={root / slug(point)}"]))
              for point in grid]
-    from launcher.cli import check_model
     check_model(plans[0])  # every point has the same model (a swept model.name: each one)
     for plan in plans[1:]:
         if plan.recipe.model != plans[0].recipe.model:
@@ -90,7 +97,7 @@ def _locally(plans, console: Console) -> list:
             continue
         ex = LocalExecutor()
         ex.check(plan)
-        rc = ex.run(plan, ex.prepare(plan), console)
+        rc = ex.submit(plan, ex.prepare(plan), console)
         results.append(_summary(plan) if rc == 0 else
                        "Ctrl-C" if rc == EXIT_INTERRUPTED else f"exit status {rc}")
     return results
@@ -126,7 +133,7 @@ def _on_slurm(grid, plans, root: Path, console: Console) -> list:
     for plan in plans:
         ex_slurm.check(plan)
         ex_slurm.prepare(plan)
-        slurm.clear_outcome(RunDir(plan.run_dir))
+        ex_slurm.clear_outcome(RunDir(plan.run_dir))
     jobs: list = [None] * len(plans)
     arrays = []
     for k, members in enumerate(groups(plans)):

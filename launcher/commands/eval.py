@@ -1,0 +1,59 @@
+"""`launcher eval RUN_DIR`: a run's final model or a checkpoint on its eval data or any file,
+in one process or under torchrun (launcher.engine.eval_main does the work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from launcher import tasks
+from launcher.commands.trained import check_data, pick_checkpoint
+from launcher.errors import RecipeError
+from launcher.executors.local import threads_per_rank
+from launcher.plan.decisions import with_decisions
+from launcher.run_dir import open_run
+
+
+def main(args, console: Console) -> int:
+    rd, plan = open_run(args.run_dir)
+    overrides, data, nproc = list(args.overrides), args.data, args.procs_per_node
+    plan = with_decisions(plan, overrides)
+    chosen = pick_checkpoint(rd, args.checkpoint)
+    if data is not None:
+        data = check_data(plan, data)
+    elif not plan.has_eval:
+        raise RecipeError("--data", "the run's recipe has no eval data",
+                          "pass --data FILE to evaluate on")
+    d = plan.recipe.data
+    stem = Path(data).stem if data else Path(d.eval or d.train).stem
+    # eval/final-on-dev+task.null_threshold=2.5/: another decision, another directory
+    suffix = "".join(f"+{o.strip()}" for o in overrides).replace("/", "_")
+    name = f"{chosen or 'final'}-on-{stem}{suffix}"
+    if nproc < 1:
+        raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_NUM_THREADS", threads_per_rank(nproc))
+    argv = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
+            *(["--data", data] if data else []), *(f"--set={o}" for o in overrides)]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "launcher.engine.eval_main", *argv]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "launcher.engine.eval_main", *argv]
+    console.print(f"evaluating {chosen or 'final'} of {rd.root} on {data or stem} "
+                  f"({nproc} process(es))", highlight=False)
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        return proc.returncode
+    out = rd.eval / name
+    metrics = json.loads((out / "metrics.json").read_text())
+    task = tasks.for_recipe(plan.recipe)
+    console.print(task.table(metrics))
+    head = ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items())
+    console.print(f"{head} on {metrics['examples']:,} examples; wrote {out}/", highlight=False)
+    return 0
