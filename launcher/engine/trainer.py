@@ -71,6 +71,8 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
                               mixed_precision=_PRECISION[precision],
                               gradient_accumulation_steps=plan.grad_accum,
                               kwargs_handlers=handlers, **kwargs)
+    if strategy == "fsdp" and cpu:
+        _fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])
     if strategy.startswith("zero") and accelerator.distributed_type.name != "DEEPSPEED":
         raise RuntimeError(f"scale.strategy is {strategy} but accelerate set up "
                            f"{accelerator.distributed_type.name}, not DeepSpeed")
@@ -79,6 +81,37 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
         raise RuntimeError(f"the plan is for {plan.world_size} processes but this one sees "
                            f"{accelerator.num_processes}; launch it with plan/launch.sh")
     return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
+    """Give a CPU (gloo) run the FSDP set-up accelerate gives GPUs.
+
+    accelerate 1.15 turns an FSDP plugin into FSDP only for GPU-like distributed types
+    (state.py: MULTI_GPU, MULTI_NPU, ...); with cpu=True the state is MULTI_CPU and prepare()
+    would wrap the model in DDP. So we do here what that branch does (the distributed type,
+    the plugin's mixed precision, the plugin), right after the state is made and before
+    anything is prepared: prepare() then runs accelerate's own FSDP2 path
+    (`_prepare_fsdp2`: fully_shard per family block, the embeddings, the root; the optimizer
+    moved onto the DTensor shards), and backward, no_sync (set_requires_gradient_sync),
+    DTensor-aware grad clipping and the full state dict of the export are accelerate's FSDP2
+    code too: what the CPU tests run is what a GPU cluster runs. Sharding by hand instead
+    would test our copy of accelerate's wrapping, not accelerate's.
+    FSDP2's fully_shard itself runs on gloo (its collectives are all-gather and
+    reduce-scatter on a CPU device mesh)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.NO):
+        raise RuntimeError(f"scale.strategy is fsdp on cpu but accelerate set up "
+                           f"{state.distributed_type.name}")
+    state.distributed_type = DistributedType.FSDP
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    # As state.py does at the end of AcceleratorState.__init__: every later AcceleratorState()
+    # copies PartialState's shared entries over its own.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def _log_process_group(device: torch.device) -> None:
@@ -121,6 +154,8 @@ class Trainer:
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if plan.recipe.scale.strategy == "fsdp":
+            self._check_sharded()
         # After prepare, on the torch optimizer that steps: ZeRO wraps it (and ZeRO-3 regroups
         # its parameters), and the schedule must set the learning rates of the groups it has.
         inner = self.optimizer.optimizer
@@ -150,6 +185,21 @@ class Trainer:
         self.bench = bench
         self.timer = (StepTimer(warmup=bench["warmup_steps"], device=self.accelerator.device,
                                 shape=shape) if bench else None)
+
+    def _check_sharded(self) -> None:
+        """FSDP must have sharded the model, not wrapped it in DDP: say how (rank logs)."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        params = list(self.model.parameters())
+        if not units or not all(isinstance(p, DTensor) for p in params):
+            raise RuntimeError(f"scale.strategy is fsdp but accelerate prepared "
+                               f"{type(self.model).__name__} without sharding its parameters")
+        local = sum(p.to_local().numel() for p in params)
+        total = sum(p.numel() for p in params)
+        log.info("fsdp: %d units, this rank holds %d of %d parameter elements", len(units),
+                 local, total)
 
     def _resume(self) -> Optional[int]:
         """Restore everything from the newest intact checkpoint; its step, or None."""
