@@ -23,7 +23,7 @@ def test_fsdp_checkpoint_at_3_ranks_is_what_each_rank_wrote(tmp_path: Path):
     out = tmp_path / "run"
     proc = launcher("run", TINY, "--nproc-per-node", "3", "scale.strategy=fsdp",
                     "scale.micro_batch=8", "scale.global_batch=24", "run.max_steps=2",
-                    "run.epochs=None", "eval.every=0", "eval.max_examples=24",
+                    "run.epochs=None", "data.eval=none",
                     "checkpoint.every=0", f"run.output_dir={out}", timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rd = RunDir(out)
