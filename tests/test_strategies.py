@@ -7,9 +7,10 @@ run that never stopped: per-step losses within LOSS_TOL and final weights within
 ZeRO-1/2 come out bit-identical on these 2 ranks; ZeRO-3 reduces gradients per partition, in
 another order, and DeepSpeed's CPU Adam (ZeRO-3 offload) computes beta^t by multiplying up
 step by step in a run and by pow() after a load, so those differ by float rounding (about
-1e-7 on the loss, 1e-6 on a weight). FSDP (really sharded on CPU too: each rank holds half of
-every parameter, the DCP checkpoint has two chunks of each) reduce-scatters gradients and
-clips by a norm summed from shards, so it too differs by float rounding only. A lost
+1e-7 on the loss, 1e-6 on a weight). FSDP is really sharded on CPU too (each rank holds half
+of every parameter, the DCP checkpoint has two row blocks of each); it reduce-scatters
+gradients and clips by a norm summed from shards, which may round differently from DDP's
+all-reduce (on these 2 ranks it came out bit-identical, 2026-11-30). A lost
 optimizer state, a wrong data position or a wrong learning rate after the resume moves the
 loss by 1e-3 or more.
 """
