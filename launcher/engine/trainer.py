@@ -102,7 +102,9 @@ def _fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugi
     from accelerate.utils import DistributedType
 
     state = accelerator.state
-    if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.NO):
+    if state.distributed_type == DistributedType.NO:
+        return  # one process: nothing to shard over (accelerate does the same on one GPU)
+    if state.distributed_type != DistributedType.MULTI_CPU:
         raise RuntimeError(f"scale.strategy is fsdp on cpu but accelerate set up "
                            f"{state.distributed_type.name}")
     state.distributed_type = DistributedType.FSDP
@@ -154,7 +156,7 @@ class Trainer:
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        if plan.recipe.scale.strategy == "fsdp":
+        if plan.recipe.scale.strategy == "fsdp" and self.world > 1:
             self._check_sharded()
         # After prepare, on the torch optimizer that steps: ZeRO wraps it (and ZeRO-3 regroups
         # its parameters), and the schedule must set the learning rates of the groups it has.
