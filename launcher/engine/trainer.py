@@ -89,8 +89,9 @@ def _fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugi
     accelerate 1.15 turns an FSDP plugin into FSDP only for GPU-like distributed types
     (state.py: MULTI_GPU, MULTI_NPU, ...); with cpu=True the state is MULTI_CPU and prepare()
     would wrap the model in DDP. So we do here what that branch does (the distributed type,
-    the plugin's mixed precision, the plugin), right after the state is made and before
-    anything is prepared: prepare() then runs accelerate's own FSDP2 path
+    the plugin's mixed precision, the plugin), right after the Accelerator is made and before
+    anything is prepared (its __init__ reads the type only for fp16's grad scaler and fp8,
+    which a CPU plan never has): prepare() then runs accelerate's own FSDP2 path
     (`_prepare_fsdp2`: fully_shard per family block, the embeddings, the root; the optimizer
     moved onto the DTensor shards), and backward, no_sync (set_requires_gradient_sync),
     DTensor-aware grad clipping and the full state dict of the export are accelerate's FSDP2
