@@ -115,7 +115,6 @@ def test_a_rank_decodes_about_its_share_of_the_rows(shards, caplog):
         found = [re.search(r"epoch 0: this rank decoded (\d+) rows", r.getMessage())
                  for r in caplog.records]
         read[rank, world] = [int(m[1]) for m in found if m][0]
-    print(read)
     assert all(rows * 0.35 < read[r, 2] < rows * 0.65 for r in (0, 1)), read
     assert read[0, 1] > rows * 0.95, read
 
@@ -135,10 +134,11 @@ def test_fewer_shards_than_readers_reads_the_whole_stream_and_says_so(tmp_path, 
 def test_two_ranks_read_their_own_shards(tmp_path):
     """One 2-rank launch on 6 shards: each rank logs that it reads only its shards and
     decodes about half of the rows an epoch."""
-    pattern = write_shards(tmp_path / "parts")
+    sizes = tuple(n // 4 for n in SIZES)
+    pattern = write_shards(tmp_path / "parts", sizes)
     out = RunDir(tmp_path / "run")
     proc = launcher("run", TINY, f"data.train={pattern}", "data.streaming=true",
-                    "data.shuffle_window=64", "data.eval=None", "scale.micro_batch=8",
+                    "data.shuffle_window=32", "data.eval=None", "scale.micro_batch=8",
                     "scale.global_batch=16", "run.epochs=1", "--nproc-per-node", "2",
                     f"run.output_dir={out.root}", "checkpoint.every=0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -146,6 +146,62 @@ def test_two_ranks_read_their_own_shards(tmp_path):
     for rank in (0, 1):
         assert f"each worker of rank {rank} reads only its own shards" in logs[f"rank{rank}"]
     counts = decoded_per_epoch(out)
-    rows = sum(SIZES)
+    rows = sum(sizes)
     assert [c[:2] for c in counts] == [(0, 0), (1, 0)]
     assert all(rows * 0.3 < c[2] < rows * 0.7 for c in counts), counts
+
+
+def test_an_unsharded_epoch_goes_on_unsharded_after_a_resume_on_more_ranks(shards):
+    """A 1-rank checkpoint read the whole stream; resumed on 2 ranks with 6 shards, the rest
+    of that epoch is still the whole stream's (exact: the 2 ranks train what 1 would have),
+    and the next epoch splits the shards."""
+    _, plan, _, _ = shards
+    pos, one = _take(shards, plan, 0, 1, data.Position(), 8)
+    assert pos.readers == 0
+    start = _take(shards, plan, 0, 1, data.Position(), 4)[0]
+    two = [_take(shards, plan, r, 2, start, 2)[1] for r in (0, 1)]
+    assert sorted(sum(two[0] + two[1], [])) == sorted(sum(one[4:], []))
+    per_rank = plan.steps_per_epoch * plan.global_batch // 8
+    end, _ = _take(shards, plan, 0, 2, start, per_rank - 2 + 1)
+    assert end.epoch == 1 and end.readers == 2
+
+
+def test_a_pattern_of_files_is_checked_before_launch(tmp_path):
+    from launcher.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="no file matches"):
+        _plan(str(tmp_path / "none-*.jsonl"))
+    pattern = write_shards(tmp_path / "mixed", sizes=(40, 40))
+    (tmp_path / "mixed" / "part-09.jsonl").write_text('{"body": "x", "label": 1}\n')
+    with pytest.raises(RecipeError, match="part-09.jsonl has columns body, label but"):
+        _plan(pattern)
+
+
+def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards, tmp_path,
+                                                                          capsys):
+    """A checkpoint of 2 ranks x 2 workers, mid-epoch, each reading its own shards: on 3
+    ranks the order would be another one; one line says how to resume it."""
+    from launcher import checkpoints, cli
+
+    pattern, _, task, _ = shards
+    args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=64",
+            "data.eval=None", "scale.micro_batch=4", "scale.global_batch=24",
+            "data.num_workers=2", "run.epochs=1"]
+    plan = plan_mod.build(load(TINY, [*args, "scale.procs_per_node=2"]))
+    rd = RunDir(tmp_path / "run")
+    step = rd.checkpoint(3)
+    step.mkdir(parents=True)
+    state = {"step": 3, "epoch": 0, "world_size": 2, "global_batch": 24,
+             "position": data.Position(examples=72, readers=4).to_dict(),
+             "data_order": checkpoints.data_order(plan.recipe),
+             "fingerprint": checkpoints.fingerprint(plan.recipe, task.labels)}
+    (step / checkpoints.STATE).write_text(json.dumps(state))
+    checkpoints.write_manifest(step, 3, checkpoints.describe([step / checkpoints.STATE], step))
+    (rd.checkpoints / "LATEST").write_text(step.name)
+    run = ["run", str(TINY), *args, f"run.output_dir={rd.root}", "--dry-run"]
+    assert cli.main([*run, "--nproc-per-node", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 ranks x 2 workers each read their own" in err[0] and \
+        "resume on 2 ranks with data.num_workers=2" in err[0], err
+    assert cli.main([*run, "--nproc-per-node", "2"]) == 0
+    assert "from step 3" in capsys.readouterr().out

@@ -69,7 +69,10 @@ class Position:
     readers: int = 0   # sharded streams: the readers (ranks x workers) splitting its shards
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        saved = asdict(self)
+        if not self.readers:
+            del saved["readers"]  # as checkpoints of unsharded streams have always read
+        return saved
 
 
 def open_source(name: str, split: str, plan: Plan):
@@ -456,19 +459,24 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
     rows = open_source(d.train, d.train_split, plan)
     workers = max(d.num_workers, 1)
     readers = stream_readers(rows.n_shards, world, d.num_workers, per_epoch is not None)
-    if pos.examples and pos.readers != readers:
+    if pos.examples and pos.readers and pos.readers != readers:
         raise DataError(_readers_refusal(pos, readers, rows.n_shards, world, workers))
     log.info("data: %s", reads_line(d.train, rows.n_shards, world, workers, rank, readers,
                                     d.shuffle_window, per_epoch is not None, plan.micro_batch))
+    if pos.examples and readers and not pos.readers:
+        log.info("data: epoch %d was read as a whole stream before its checkpoint: it goes on "
+                 "so (exact at any world size); its own shards from epoch %d", pos.epoch,
+                 pos.epoch + 1)
     while True:
         left = None if per_epoch is None else (per_epoch - pos.examples) // width
         if left == 0:
             pos = Position(epoch=pos.epoch + 1, readers=readers)
             continue
-        if readers:
+        split = pos.readers if pos.examples else readers  # an epoch goes on as it began
+        if split:
             done = pos.examples // width
             epoch: IterableDataset = ShardedEpoch(
-                rows, task, tokenizer, plan.micro_batch, rank, d.num_workers, readers,
+                rows, task, tokenizer, plan.micro_batch, rank, d.num_workers, split,
                 d.shuffle_window, seed, pos.epoch, done, done + left, **_pack_args(plan))
         else:
             epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
@@ -479,7 +487,7 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
             taken += 1
             decoded += batch.pop("decoded")
             pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end", 0),
-                           batch.pop("offset_end", 0), readers)
+                           batch.pop("offset_end", 0), split)
             if left is not None and taken == left:
                 log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
                          "own", pos.epoch, decoded, left * plan.micro_batch)
@@ -494,9 +502,9 @@ def reads_line(name: str, shards: int, world: int, workers: int, rank: int, read
     """What rank `rank` reads of a window-shuffled stream, in one line for its log."""
     if readers:
         return (f"{name}: {shards} shards >= {world} ranks x {workers} workers: each worker "
-                f"of rank {rank} reads only its own shards (every {readers}th of the epoch's "
-                f"shard order, seeded by (run.seed, epoch)), each window of {window} rows "
-                f"shuffled")
+                f"of rank {rank} reads only its own shards (1 in every {readers} of the "
+                f"epoch's shard order, seeded by (run.seed, epoch)), each window of {window} "
+                f"rows shuffled")
     why = (f"{shards} shards < {world} ranks x {workers} workers" if shards < world * workers
            else f"{shards} shards but the epoch's length is unknown (set data.train_examples)"
            if not known_length and world * workers > 1 else f"{shards} shard(s), 1 reader")
@@ -506,14 +514,12 @@ def reads_line(name: str, shards: int, world: int, workers: int, rank: int, read
 
 
 def _readers_refusal(pos: Position, readers: int, shards: int, world: int, workers: int) -> str:
-    was = (f"its {shards} shards split between {pos.readers} readers (ranks x data.num_workers)"
-           if pos.readers else "the whole stream on every rank")
-    now = (f"{world} ranks x {workers} workers would each read their own shards" if readers
-           else f"{world} ranks x {workers} workers read the whole stream")
-    return (f"the checkpoint stopped {pos.examples} examples into epoch {pos.epoch} reading "
-            f"{was}; {now}, another order: resume with the ranks and data.num_workers it was "
-            f"saved with (world x workers = {pos.readers or 'more than its shards'}), or from a "
-            f"checkpoint at an epoch's end")
+    now = (f"{world} ranks x {workers} workers would split them {readers} ways" if readers
+           else f"{world} ranks x {workers} workers would read the whole stream")
+    return (f"the checkpoint stopped {pos.examples} examples into epoch {pos.epoch} with its "
+            f"{shards} shards split between {pos.readers} readers (ranks x data.num_workers) "
+            f"and {now}, another order: resume with the ranks and data.num_workers it was "
+            f"saved with")
 
 
 class EvalShard(IterableDataset):

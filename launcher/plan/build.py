@@ -247,11 +247,11 @@ def local_columns(field: str, src: src_mod.Source) -> set:
 
         have = [local_columns(field, dataclasses.replace(src, name=str(f), path=f, files=(f,)))
                 for f in src.files]
-        if any(cols != have[0] for cols in have):
-            odd = next(f for f, cols in zip(src.files, have) if cols != have[0])
-            raise RecipeError(field, f"{odd} has columns {', '.join(sorted(have[src.files.index(odd)]))} "
-                              f"but {src.files[0]} has {', '.join(sorted(have[0]))}",
-                              f"give {src.name} files of one set of columns")
+        for f, cols in zip(src.files, have):
+            if cols != have[0]:
+                raise RecipeError(field, f"{f} has columns {', '.join(sorted(cols))} but "
+                                  f"{src.files[0]} has {', '.join(sorted(have[0]))}",
+                                  f"give {src.name} files of one set of columns")
         return have[0]
     if src.path.is_dir():
         raise RecipeError(field, f"{src.name} is a directory, not a data file",
