@@ -176,8 +176,10 @@ UNRECORDED_ORDER = ("it was written before checkpoints recorded their data order
 def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
     saved = state.get("data_order")
     if saved is None:  # a launcher from before data.shuffle: its position counts file order
+        at = state.get("position", {})
+        mid_epoch = bool(at.get("row") or at.get("examples"))
         return [f"{UNRECORDED_ORDER}, and the recipe shuffles it (data.shuffle=true)"
-                ] if recipe.data.shuffle else []
+                ] if recipe.data.shuffle and mid_epoch else []
     return differences(saved, data_order(recipe))
 
 

@@ -44,7 +44,8 @@ def check(plan: Plan) -> Optional[int]:
     state = checkpoints.read_state(latest)
     now = checkpoints.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
     problems = checkpoints.incompatible(state, now, plan.global_batch)
-    if "data_order" not in state:
+    at = state.get("position", {})
+    if "data_order" not in state and (at.get("row") or at.get("examples")):
         if plan.recipe.data.shuffle:
             raise RecipeError("data.shuffle", f"{latest} was written before checkpoints "
                               "recorded their data order, by a launcher that read the data in "

@@ -255,3 +255,16 @@ def test_an_old_checkpoint_without_a_data_order_goes_on_in_file_order_and_says_s
         "file order (exact), or start in a new run.output_dir" in err[0], err
     assert cli.main([*args, "data.shuffle=false"]) == 0
     assert "from step 5" in capsys.readouterr().out
+    # stopped at an epoch's end, nothing of its order is left: the next epoch is shuffled
+    state = json.loads((rd.checkpoint(5) / "trainer_state.json").read_text())
+    state["position"] = {"epoch": 1, "row": 0, "examples": 0}
+    _rewrite_state(rd.checkpoint(5), state)
+    assert cli.main(args) == 0
+    assert "from step 5" in capsys.readouterr().out
+
+
+def _rewrite_state(step, state) -> None:
+    from launcher import checkpoints
+
+    (step / checkpoints.STATE).write_text(json.dumps(state))
+    checkpoints.write_manifest(step, 5, checkpoints.describe([step / checkpoints.STATE], step))
