@@ -169,9 +169,18 @@ def data_order(recipe: Any) -> dict[str, Any]:
             "run.seed": recipe.run.seed if d.shuffle else None}
 
 
+UNRECORDED_ORDER = ("it was written before checkpoints recorded their data order, by a "
+                    "launcher that read the data in file order")
+
+
 def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
-    saved = state.get("data_order")  # absent in checkpoints from before data.shuffle
-    return [] if saved is None else differences(saved, data_order(recipe))
+    saved = state.get("data_order")
+    if saved is None:  # a launcher from before data.shuffle: its position counts file order
+        at = state.get("position", {})
+        mid_epoch = bool(at.get("row") or at.get("examples"))
+        return [f"{UNRECORDED_ORDER}, and the recipe shuffles it (data.shuffle=true)"
+                ] if recipe.data.shuffle and mid_epoch else []
+    return differences(saved, data_order(recipe))
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

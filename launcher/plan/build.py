@@ -239,6 +239,20 @@ def _sources(recipe: Recipe, task: tasks.Task) -> tuple[src_mod.Source, Optional
 def local_columns(field: str, src: src_mod.Source) -> set:
     """The columns of a local data file named by `field`, every line read; one-line errors for
     a directory, a missing file, a type the engine does not read, or a malformed line."""
+    if src_mod.is_pattern(src.name) and not src.files:
+        raise RecipeError(field, f"no file matches {src.name}",
+                          "fix the pattern (relative paths start at the current directory)")
+    if len(src.files) > 1:
+        import dataclasses
+
+        have = [local_columns(field, dataclasses.replace(src, name=str(f), path=f, files=(f,)))
+                for f in src.files]
+        for f, cols in zip(src.files, have):
+            if cols != have[0]:
+                raise RecipeError(field, f"{f} has columns {', '.join(sorted(cols))} but "
+                                  f"{src.files[0]} has {', '.join(sorted(have[0]))}",
+                                  f"give {src.name} files of one set of columns")
+        return have[0]
     if src.path.is_dir():
         raise RecipeError(field, f"{src.name} is a directory, not a data file",
                           "name one .jsonl/.json/.csv/.parquet file")
