@@ -166,7 +166,10 @@ def data_order(recipe: Any) -> dict[str, Any]:
     d = recipe.data
     return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
             "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
-            "run.seed": recipe.run.seed if d.shuffle else None}
+            "run.seed": recipe.run.seed if d.shuffle else None,
+            # steps are cut by the token budget (engine/budget.py); absent means none
+            **({"scale.tokens_per_step": recipe.scale.tokens_per_step}
+               if recipe.scale.tokens_per_step else {})}
 
 
 def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
