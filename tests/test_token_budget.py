@@ -1,7 +1,7 @@
 """Token budgets (scale.tokens_per_step, scale.micro_tokens): steps of real tokens, micro
 batches of at most micro_tokens, the same forwards on every rank, exact resume.
 
-In process: the engine's own stream (data.train_batches) at 1, 2 and 3 ranks, padded and
+In process: the engine's own stream (data.train_batches) at 1 to 4 ranks, padded and
 packed, against the budgets and against each other; the plan's one-line refusals. One
 torchrun launch pair: 2 ranks preempted mid-epoch, resumed on 3, against an uninterrupted
 2-rank run.
@@ -23,7 +23,7 @@ from launcher.engine.model import build_tokenizer
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
 
-BUDGET = ["scale.tokens_per_step=1024", "scale.micro_tokens=256", "run.epochs=None",
+BUDGET = ["scale.tokens_per_step=1024", "scale.micro_tokens=192", "run.epochs=None",
           "run.max_steps=5", "data.eval=None"]
 
 
@@ -57,8 +57,8 @@ def test_steps_fill_the_budget_micro_batches_fit_and_every_rank_runs_the_same_fo
     length_of = dict(zip(np.asarray(prepared.keep).tolist(), lengths.tolist()))
     at = {int(row): k for k, row in enumerate(order)}
     steps = 4
-    by_world = {}
-    for world in (1, 2, 3):
+    by_world, pads = {}, 0
+    for world in (1, 2, 3, 4):
         got = _steps(plan, task, tokenizer, world, steps)
         members = []
         for s, ranks in enumerate(got):
@@ -72,6 +72,8 @@ def test_steps_fill_the_budget_micro_batches_fit_and_every_rank_runs_the_same_fo
                         assert ids.shape[1] == plan.recipe.data.max_length
                     if not batch.get("pad"):
                         rows += batch["index"]
+                    else:
+                        pads += 1
             assert len(rows) == len(set(rows))
             # The step is the next stretch of the epoch's order...
             first, last = min(at[r] for r in rows), max(at[r] for r in rows)
@@ -86,10 +88,8 @@ def test_steps_fill_the_budget_micro_batches_fit_and_every_rank_runs_the_same_fo
             members.append((first, last))
         by_world[world] = members
     # The same steps at every world size: a resume on another one goes on exactly.
-    assert by_world[1] == by_world[2] == by_world[3]
-    # Several micro batches a step at 1 rank, a zero-weight forward somewhere at 3.
-    one = _steps(plan, task, tokenizer, 1, 1)[0][0]
-    assert len(one) > 2
+    assert by_world[1] == by_world[2] == by_world[3] == by_world[4]
+    assert pads > 0  # some rank had fewer micro batches and ran zero-weight forwards
 
 
 def test_an_epoch_trains_each_example_once_and_only_its_last_step_is_short():
@@ -154,7 +154,8 @@ def test_explain_says_steps_per_epoch_is_an_estimate(capsys, tmp_path):
     assert plan["micro_tokens"] == 32 * 64 and plan["global_batch"] == 0
 
 
-RUN = ["scale.tokens_per_step=1024", "scale.micro_tokens=256", "run.epochs=1",
+# 7 or 8 micro batches a step: 2 and 3 ranks both run zero-weight forwards
+RUN = ["scale.tokens_per_step=1024", "scale.micro_tokens=192", "run.epochs=1",
        "checkpoint.every=0", "eval.every=0", "eval.max_examples=16", "run.log_every=1",
        "run.trace_examples=true", "model.dropout=0.0", "model.classifier_dropout=0.0",
        "--nproc-per-node"]
@@ -178,7 +179,7 @@ def _ledger(rd: RunDir) -> dict[int, list[str]]:
 
 
 def test_preempted_on_2_ranks_resumed_on_3_trains_the_same_steps(tmp_path, small_train):
-    """One epoch of 400 examples under a budget of 1,024 tokens: an uninterrupted 2-rank run,
+    """One epoch of 400 examples under a budget of 1,024 tokens (6 steps, the last short): an uninterrupted 2-rank run,
     and one preempted at step 3 or 4 and resumed on 3 ranks. Every example once, each step
     the same examples, and the same losses (one loss per step: the split does not matter;
     without dropout, whose masks follow the rank an example lands on)."""

@@ -11,6 +11,10 @@ size, and the position after a step is (epoch, examples consumed), which every r
 without talking to the others. A resume (on any world size) recomputes the epoch's order and
 goes on from that example: nothing before it is read.
 
+Under a token budget (scale.tokens_per_step) the epoch's order is cut into steps and micro
+batches by token counts instead (engine/budget.py), the same at any world size; positions
+still count examples.
+
 A stream (data.streaming=true) is read in file order; every rank reads every row but encodes
 only its own, and a resume skips to the row just past the saved step on HF's arrow path.
 
