@@ -166,7 +166,10 @@ def data_order(recipe: Any) -> dict[str, Any]:
     d = recipe.data
     return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
             "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
-            "run.seed": recipe.run.seed if d.shuffle else None}
+            "run.seed": recipe.run.seed if d.shuffle else None,
+            # steps are cut by the token budget (engine/budget.py); absent means none
+            **({"scale.tokens_per_step": recipe.scale.tokens_per_step}
+               if recipe.scale.tokens_per_step else {})}
 
 
 UNRECORDED_ORDER = ("it was written before checkpoints recorded their data order, by a "
@@ -192,7 +195,10 @@ def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) 
     """Why a checkpoint cannot go on under this recipe and plan (empty: it can). Checked
     before launching and again by the engine, which a requeued job reaches directly."""
     problems = differences(state.get("fingerprint", {}), now)
-    if state["global_batch"] != global_batch:
+    if state["global_batch"] != global_batch and not (state["global_batch"] and global_batch):
+        problems.append("the run was started with a token budget (scale.tokens_per_step) and "
+                        "the plan has a global batch, or the other way round")
+    elif state["global_batch"] != global_batch:
         # The data position is counted in global batches.
         problems.append(f"the global batch was {state['global_batch']} and the plan has "
                         f"{global_batch} (set scale.global_batch={state['global_batch']})")

@@ -116,6 +116,9 @@ def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int
     procs = procs_per_node or scale.procs_per_node
     if (nodes, procs) == (scale.nodes, scale.procs_per_node):
         new_scale = scale
+    elif scale.tokens_per_step:
+        # A token budget's steps do not depend on the world size (engine/budget.py).
+        new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs)
     else:
         new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs,
                                         global_batch=old.global_batch, grad_accum=None)

@@ -11,6 +11,10 @@ size, and the position after a step is (epoch, examples consumed), which every r
 without talking to the others. A resume (on any world size) recomputes the epoch's order and
 goes on from that example: nothing before it is read.
 
+Under a token budget (scale.tokens_per_step) the epoch's order is cut into steps and micro
+batches by token counts instead (engine/budget.py), the same at any world size; positions
+still count examples.
+
 A stream (data.streaming=true) with data.shuffle=false is read in file order; every rank
 reads every row but encodes only its own, and a resume skips to the row just past the saved
 step on HF's arrow path. Window-shuffled (data.shuffle=true), its shards come in an order seeded
@@ -45,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from launcher import sources
-from launcher.engine import packing
+from launcher.engine import budget, packing
 from launcher.plan.build import Plan
 from launcher.tasks import Task
 
@@ -203,6 +207,8 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
     """(position after this micro batch, micro batch) forever. An epoch of known length ends
     after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
     pos = start or Position()  # positions are replaced, never changed in place
+    if plan.tokens_per_step:
+        return _first_timed(_budget_batches(plan, task, tokenizer, rank, world, pos))
     width = world * plan.micro_batch
     if pos.examples % width:
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
@@ -256,6 +262,87 @@ def _prepared_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
                          "own (the epoch's examples %d to %d, over %d ranks)", pos.epoch,
                          decoded, (per_epoch - first) // world, first, per_epoch, world)
             yield pos, batch
+
+
+class BudgetEpoch(IterableDataset):
+    """Prepared data under a token budget (engine/budget.py): from position `start` of the
+    epoch's `order` (row indices, with each example's tokens in `lengths`), one item per
+    optimizer step: this rank's micro batches of it, `forwards` of them (the zero-weight ones
+    flagged `pad`), and `examples_end`, the epoch's position after the step."""
+
+    def __init__(self, prepared: sources.Prepared, order: np.ndarray, lengths: np.ndarray,
+                 start: int, task: Task, tokenizer: Any, plan: Plan, rank: int, world: int):
+        self.prepared, self.order, self.lengths, self.start = prepared, order, lengths, start
+        self.task, self.tokenizer, self.rank, self.world = task, tokenizer, rank, world
+        d = plan.recipe.data
+        self.budget, self.micro_tokens = plan.tokens_per_step, plan.micro_tokens
+        self.pad_multiple = d.pad_to_multiple_of or 1
+        pack = _pack_args(plan)
+        self.pack_to, self.pack_rows_multiple = pack["pack_to"], pack["pack_rows_multiple"]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        ends = budget.step_ends(self.lengths, self.start, self.budget)
+        for s in range(worker, len(ends), workers):
+            begin, end = (ends[s - 1] if s else self.start), ends[s]
+            step = self.order[begin:end].tolist()
+            groups = budget.micro_batches(self.lengths[begin:end].tolist(), self.micro_tokens,
+                                          self.pad_multiple, self.pack_to,
+                                          self.pack_rows_multiple)
+            mine = groups[self.rank::self.world]
+            micro, decoded = [], 0
+            for group in mine:
+                rows = [step[i] for i in group]
+                micro.append(self._encode(rows))
+                decoded += len(rows)
+            for _ in range(budget.forwards(len(groups), self.world) - len(mine)):
+                # Zero weight: the step's shortest examples, so the forward costs little.
+                pad = self._encode([step[i] for i in groups[-1]])
+                pad.update(pad=True, ids=[], index=[])
+                micro.append(pad)
+            yield {"micro": micro, "examples_end": end, "decoded": decoded}
+
+    def _encode(self, rows: list[int]) -> dict:
+        batch = self.task.encode(self.prepared.read(rows), self.tokenizer, indices=rows)
+        if self.pack_to:
+            batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                           self.pack_rows_multiple)
+        return batch
+
+
+def _budget_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                    pos: Position) -> Iterator[tuple[Position, dict]]:
+    """(position after the step, micro batch) under a token budget; a step's last micro
+    batch says `last`. Every example of an epoch is trained once (the last step may be
+    short), and the position counts examples, as without a budget."""
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    prepared = prepare(d.train, d.train_split, plan, task)
+    lengths = budget.lengths(prepared, task, tokenizer)
+    n = len(prepared.keep)
+    if n == 0:
+        raise DataError(f"{d.train} has no non-empty rows")
+    log.info("data: %s prepared, %d examples an epoch, %s; steps of up to %d real tokens in "
+             "micro batches of up to %d tokens; rank %d reads its micro batches by index",
+             d.train, n, "shuffled by (run.seed, epoch)" if d.shuffle else "in file order",
+             plan.tokens_per_step, plan.micro_tokens, rank)
+    while True:
+        if pos.examples >= n:
+            pos = Position(epoch=pos.epoch + 1)
+        perm = epoch_order(n, seed, pos.epoch, d.shuffle)
+        epoch = BudgetEpoch(prepared, np.asarray(prepared.keep)[perm], lengths[perm],
+                            pos.examples, task, tokenizer, plan, rank, world)
+        decoded, first = 0, pos.examples
+        for step in _loader(epoch, plan):
+            decoded += step["decoded"]
+            pos = Position(pos.epoch, 0, step["examples_end"])
+            if pos.examples == n:
+                log.info("data: epoch %d: this rank decoded %d rows for its micro batches "
+                         "of the epoch's examples %d to %d", pos.epoch, decoded, first, n)
+            micro = step["micro"]
+            for k, batch in enumerate(micro):
+                batch["last"] = k == len(micro) - 1
+                yield pos, batch
 
 
 def _streamed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,

@@ -9,7 +9,9 @@ the loss stays on the device until a log step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import logging
 import os
 import time
@@ -26,7 +28,7 @@ from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
 from launcher.bench import flops, write_result
-from launcher.engine import checkpoint, data, faults, packing, step_loss
+from launcher.engine import budget, checkpoint, data, faults, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer, fsdp_block
@@ -139,6 +141,7 @@ class Trainer:
         # one DDP or FSDP start from. Encoder models fit in host memory.
         set_seed(plan.recipe.run.seed)
         self.tokenizer = build_tokenizer(plan.recipe.model)
+        plan = self.plan = _budget_steps(plan, self.task, self.tokenizer)
         model = build_model(plan.recipe.model, self.task)
         shape = flops.flop_shape(model) if bench else None
         # Packed micro batches: the pooler reads each example's [CLS] wherever it landed.
@@ -165,6 +168,7 @@ class Trainer:
         self.scheduler = build_scheduler(getattr(inner, "optimizer", inner), plan.recipe.optim,
                                          warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
         self.step, self.epoch = 0, 0
+        self.examples_run = 0
         self.position = data.Position()
         self.last_eval: Optional[dict] = None
         e = plan.recipe.eval
@@ -282,7 +286,7 @@ class Trainer:
         device = acc.device
         window = self.window = LogWindow(device)
         if self.is_main and self.window_carried:
-            window.restore(self.window_carried, plan.global_batch // plan.micro_batch)
+            window.restore(self.window_carried, max(1, plan.global_batch // plan.micro_batch))
         start, start_step = time.perf_counter(), self.step
         final_loss = float("nan")
         progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
@@ -295,8 +299,8 @@ class Trainer:
             while self.step < plan.total_steps:
                 # The whole step is read before its first backward: its loss is divided by
                 # the step's labelled units over all ranks (step_loss.py).
-                micro_batches = []
-                for _ in range(plan.grad_accum):
+                micro_batches, real = [], []
+                while True:
                     if timer:
                         timer.data_begin()
                     self.position, batch = next(batches)
@@ -307,10 +311,18 @@ class Trainer:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
                     micro_batches.append({k: v.to(device, non_blocking=True)
                                           for k, v in batch["inputs"].items()})
-                    window.add_micro_batch(packing.token_mask(batch["inputs"]))
+                    real.append(not batch.get("pad", False))
+                    self.examples_run += len(batch["ids"])
+                    if real[-1]:
+                        window.add_micro_batch(packing.token_mask(batch["inputs"]),
+                                               examples=len(batch["ids"]))
+                    # A token budget's step has as many micro batches as its tokens need.
+                    if batch.get("last", len(micro_batches) == plan.grad_accum):
+                        break
                 window.add_step_loss(step_loss.train_step(
                     acc, self.model, self.optimizer, self.task, micro_batches, self.class_weights,
-                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm))
+                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm,
+                    real=real))
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1
@@ -410,7 +422,7 @@ class Trainer:
         record = {
             "step": self.step, "epoch": self.epoch, "loss": t["loss"],
             "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": t["steps"] * self.plan.global_batch / t["seconds"],
+            "samples_per_s": t["examples"] / t["seconds"],
             "tokens_per_s": t["tokens_per_s"], "padded_tokens_per_s": t["padded_tokens_per_s"],
         }
         if self.metrics:
@@ -473,12 +485,18 @@ class Trainer:
             self.tokenizer.save_pretrained(self.rd.final)
         self.accelerator.wait_for_everyone()
 
+    def _examples_run(self) -> float:
+        """Examples trained in this launch over all ranks (a collective)."""
+        local = torch.tensor(float(self.examples_run), dtype=torch.float64,
+                             device=self.accelerator.device)
+        return float(self.accelerator.reduce(local, reduction="sum"))
+
     def _summary(self, final_loss: float, train_time: float, steps_run: int) -> dict:
         summary = {
             "run_dir": str(self.rd.root), "steps": self.step, "world_size": self.world,
             "resumed_from": self.resumed_from,
             "final_loss": final_loss, "wall_time_s": train_time,
-            "samples_per_s": steps_run * self.plan.global_batch / max(train_time, 1e-9),
+            "samples_per_s": self._examples_run() / max(train_time, 1e-9),
             "eval": ({"examples": self.last_eval["examples"], "loss": self.last_eval["loss"],
                       **self.task.headline(self.last_eval)} if self.last_eval else {}),
         }
@@ -500,6 +518,30 @@ class Trainer:
             self.metrics.close(self.outcome or "failed")
         if self.trace:
             self.trace.close()
+
+
+def _budget_steps(plan: Plan, task, tokenizer) -> Plan:
+    """Under a token budget the plan's steps per epoch are an estimate (from a scan of the
+    text, before any tokenizer ran); with run.epochs the engine counts the real steps of
+    every epoch from the examples' token lengths (the same on every rank), so the schedule
+    ends where the last epoch does."""
+    if not plan.tokens_per_step:
+        return plan
+    d = plan.recipe.data
+    prepared = data.prepare(d.train, d.train_split, plan, task)
+    lengths = budget.lengths(prepared, task, tokenizer)
+    epochs = plan.recipe.run.epochs
+    counts = [budget.epoch_steps(lengths[data.epoch_order(len(lengths), plan.recipe.run.seed,
+                                                          e, d.shuffle)], plan.tokens_per_step)
+              for e in range(epochs or 1)]
+    log.info("token budget: %s steps in epoch(s) 0..%d (the plan estimated %s an epoch)",
+             counts, len(counts) - 1, plan.steps_per_epoch)
+    if epochs is None:
+        return plan
+    total = sum(counts)
+    return dataclasses.replace(plan, steps_per_epoch=counts[0], total_steps=total,
+                               warmup_steps=math.ceil(plan.recipe.optim.warmup_ratio * total),
+                               steps_estimated=False)
 
 
 def _truncate_logs(rd: RunDir, step: int) -> None:
