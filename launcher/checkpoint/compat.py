@@ -23,12 +23,24 @@ def data_order(recipe: Any) -> dict[str, Any]:
     d = recipe.data
     return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
             "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
-            "run.seed": recipe.run.seed if d.shuffle else None}
+            "run.seed": recipe.run.seed if d.shuffle else None,
+            # steps are cut by the token budget (engine/budget.py); absent means none
+            **({"scale.tokens_per_step": recipe.scale.tokens_per_step}
+               if recipe.scale.tokens_per_step else {})}
+
+
+UNRECORDED_ORDER = ("it was written before checkpoints recorded their data order, by a "
+                    "launcher that read the data in file order")
 
 
 def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
-    saved = state.get("data_order")  # absent in checkpoints from before data.shuffle
-    return [] if saved is None else differences(saved, data_order(recipe))
+    saved = state.get("data_order")
+    if saved is None:  # a launcher from before data.shuffle: its position counts file order
+        at = state.get("position", {})
+        mid_epoch = bool(at.get("row") or at.get("examples"))
+        return [f"{UNRECORDED_ORDER}, and the recipe shuffles it (data.shuffle=true)"
+                ] if recipe.data.shuffle and mid_epoch else []
+    return differences(saved, data_order(recipe))
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -40,7 +52,10 @@ def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) 
     """Why a checkpoint cannot go on under this recipe and plan (empty: it can). Checked
     before launching and again by the engine, which a requeued job reaches directly."""
     problems = differences(state.get("fingerprint", {}), now)
-    if state["global_batch"] != global_batch:
+    if state["global_batch"] != global_batch and not (state["global_batch"] and global_batch):
+        problems.append("the run was started with a token budget (scale.tokens_per_step) and "
+                        "the plan has a global batch, or the other way round")
+    elif state["global_batch"] != global_batch:
         # The data position is counted in global batches.
         problems.append(f"the global batch was {state['global_batch']} and the plan has "
                         f"{global_batch} (set scale.global_batch={state['global_batch']})")
@@ -63,7 +78,8 @@ def check(plan: Any) -> Optional[int]:
                           "on it; nothing there was touched")
     choice = store.loadable(rd)
     for warning in choice.warnings:
-        _warn(f"{warning}; falling back to an older checkpoint" if choice.path else warning)
+        _say("[yellow]warning:[/]",
+             f"{warning}; falling back to an older checkpoint" if choice.path else warning)
     if choice.path is None and choice.warnings:
         raise RecipeError("RUN_DIR", f"no checkpoint in {rd.checkpoints} is safe to load",
                           "start over in a new run.output_dir (or restore the run's "
@@ -74,6 +90,17 @@ def check(plan: Any) -> Optional[int]:
     state = store.read_state(latest)
     now = fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
     problems = incompatible(state, now, plan.global_batch)
+    at = state.get("position", {})
+    if "data_order" not in state and (at.get("row") or at.get("examples")):
+        if plan.recipe.data.shuffle:
+            raise RecipeError("data.shuffle", f"{latest} was written before checkpoints "
+                              "recorded their data order, by a launcher that read the data in "
+                              "file order; shuffled, the rest of its epoch would repeat some "
+                              "examples and skip others", "set data.shuffle=false to go on "
+                              "in file order (exact), or start in a new run.output_dir; "
+                              "nothing there was touched")
+        _say("note:", f"{latest.name} holds no data order (an older launcher's): it goes on in "
+             "file order (data.shuffle=false), as it was read")
     problems += order_problems(state, plan.recipe)
     if problems:
         raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
@@ -86,12 +113,20 @@ def check(plan: Any) -> Optional[int]:
                           f"{saved_world} ranks and this launch has {plan.world_size}",
                           f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
                           "nothing there was touched")
+    readers, workers = at.get("readers", 0), max(plan.recipe.data.num_workers, 1)
+    if readers and at.get("examples") and (saved_world, readers) != (
+            plan.world_size, plan.world_size * workers):
+        # Each reader (rank x worker) read its own shards: another split is another order.
+        raise RecipeError("--nproc-per-node", f"{latest} stopped mid-epoch in a stream whose "
+                          f"shards its {saved_world} ranks x {readers // saved_world} workers "
+                          f"each read their own, and this launch has {plan.world_size} x "
+                          f"{workers}", f"resume on {saved_world} ranks with data.num_workers="
+                          f"{readers // saved_world}; nothing there was touched")
     return state["step"]
 
 
-def _warn(text: str) -> None:
+def _say(label: str, text: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]warning:[/] {escape(text)}", highlight=False,
-                               soft_wrap=True)
+    Console(stderr=True).print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)

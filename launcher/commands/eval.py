@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from launcher import tasks
+from launcher.engine import device
 from launcher.commands.trained import check_data, pick_checkpoint
 from launcher.errors import RecipeError
 from launcher.executors.local import threads_per_rank
@@ -36,6 +37,8 @@ def main(args, console: Console) -> int:
     name = f"{chosen or 'final'}-on-{stem}{suffix}"
     if nproc < 1:
         raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
+    # The plan's device, as training had it (the same refusal as `launcher run`).
+    device.refuse_here(plan, nproc)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", threads_per_rank(nproc))
     argv = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),

@@ -9,6 +9,7 @@ import sys
 from rich.console import Console
 
 from launcher import sources, tasks
+from launcher.engine import device
 from launcher.commands.trained import check_data, pick_checkpoint
 from launcher.errors import RecipeError
 from launcher.plan.decisions import with_decisions
@@ -41,6 +42,7 @@ def main(args, console: Console) -> int:
             if task.cols.pair is not None:
                 row[task.cols.pair] = pair
             rows.append(row)
+    device.refuse_here(plan, 1)
     from launcher.engine.eval_main import predict
 
     try:

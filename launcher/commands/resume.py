@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +27,19 @@ def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int
     """The run's own plan, on a new world size if asked: the global batch is kept and the
     accumulation derived again."""
     rd, old = open_run(run_dir)
+    if "shuffle" not in json.loads((rd.plan / "plan.json").read_text())["recipe"].get("data", {}):
+        # Written by a launcher from before data.shuffle, which read every epoch in file
+        # order: the run goes on in that order (checkpoint.compat.check says so).
+        old = dataclasses.replace(old, recipe=dataclasses.replace(
+            old.recipe, data=dataclasses.replace(old.recipe.data, shuffle=False)))
     scale = old.recipe.scale
     nodes = nodes or scale.nodes
     procs = procs_per_node or scale.procs_per_node
     if (nodes, procs) == (scale.nodes, scale.procs_per_node):
         new_scale = scale
+    elif scale.tokens_per_step:
+        # A token budget's steps do not depend on the world size (engine/budget.py).
+        new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs)
     else:
         new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs,
                                         global_batch=old.global_batch, grad_accum=None)

@@ -30,6 +30,7 @@ from typing import Optional
 
 from rich.console import Console
 
+from launcher.engine import device
 from launcher.errors import RecipeError
 from launcher.executors.base import Executor, JobState
 from launcher.plan.build import Plan
@@ -50,16 +51,8 @@ class LocalExecutor(Executor):
             raise RecipeError("scale.nodes", f"is {plan.nodes} but the local executor runs on one "
                               "machine", "use --nodes 1 here, or render the plan for a cluster "
                               "with `python -m launcher render`")
-        if plan.device == "cuda":
-            # What the engine would refuse on every rank, said before anything starts.
-            import torch
-            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if have < plan.procs_per_node:
-                raise RecipeError("scale.device", f"is cuda ({plan.sources.get('scale.device')})"
-                                  f" but this machine has {have} CUDA device(s) for "
-                                  f"{plan.procs_per_node} process(es) (CUDA_VISIBLE_DEVICES="
-                                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})",
-                                  "set scale.device=cpu, or run on a machine with the GPUs")
+        # What the engine would refuse on every rank, said before anything starts.
+        device.refuse_here(plan, plan.procs_per_node)
 
     def submit(self, plan: Plan, plan_dir: Path, console: Console) -> int:
         """Run the plan under torchrun here and wait for it (Ctrl-C stops it, see above)."""
