@@ -1,9 +1,10 @@
 """The training loop every recipe shares.
 
 Read top to bottom: build parts (and, when the run directory has a checkpoint, restore them
-from it), then `train()` steps, logs on log steps, evaluates and checkpoints on their steps,
-stops with a checkpoint when preempted, and exports the model. No host sync inside a step:
-the loss stays on the device until a log step.
+from it), then `train()`: `train_step()`, log on log steps, evaluate and checkpoint on their
+steps, stop with a checkpoint when preempted or early, and export the model. What a
+checkpoint holds besides tensors is one `TrainState` (engine/train_state.py). No host sync
+inside a step: the loss stays on the device until a log step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from launcher.engine.model import build_model, build_tokenizer, fsdp_block
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
+from launcher.engine.train_state import Best, TrainState
 from launcher.engine.window import LogWindow
 from launcher.plan.build import Plan
 from launcher.plan.render import MIXED_PRECISION
@@ -171,25 +173,20 @@ class Trainer:
         inner = self.optimizer.optimizer
         self.scheduler = build_scheduler(getattr(inner, "optimizer", inner), plan.recipe.optim,
                                          warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
-        self.step, self.epoch = 0, 0
+        self.state = TrainState()  # step, data position, best eval: what a checkpoint restores
         self.examples_run = 0
-        self.position = data.Position()
         self.last_eval: Optional[dict] = None
-        e = plan.recipe.eval
-        self.best_metric = e.metric or self.task.main_metric
-        self.best: Optional[tuple[int, float]] = None  # (step, value)
-        self.best_step: Optional[int] = None
-        self.evals_since_best = 0
+        self.best_metric = plan.recipe.eval.metric or self.task.main_metric
         self.window: Optional[LogWindow] = None
-        self.window_carried: Optional[dict] = None  # the log window a checkpoint was cut in
+        self.progress: Optional[LiveProgress] = None
         self.fingerprint = compat.fingerprint(plan.recipe, self.task.labels)
-        self.tracker_ids: dict[str, str] = {}  # the MLflow / W&B runs a checkpoint goes on in
         self.outcome: Optional[str] = None  # finished | preempted, for the trackers
         self.resumed_from = self._resume()
         if self.is_main:
             self.rd.preempted.unlink(missing_ok=True)
-        self.metrics = (MetricsLog(plan, self.rd, after_step=self.step, run_ids=self.tracker_ids,
-                                   warn=self._warn) if self.is_main else None)
+        self.metrics = (MetricsLog(plan, self.rd, after_step=self.state.step,
+                                   run_ids=self.state.trackers or {}, warn=self._warn)
+                        if self.is_main else None)
         self.trace = self._open_trace()
         self.preemption = Preemption(self.world)
 
@@ -230,32 +227,27 @@ class Trainer:
                                    "over in a new run.output_dir")
             return None
         path = self.rd.checkpoints / name
-        state = store.read_state(path)
-        problems = compat.incompatible(state, self.fingerprint, self.plan.global_batch)
-        problems += compat.order_problems(state, self.plan.recipe)
+        saved = store.read_state(path)
+        problems = compat.incompatible(saved, self.fingerprint, self.plan.global_batch)
+        problems += compat.order_problems(saved, self.plan.recipe)
         if problems:
             raise RuntimeError(f"{path} cannot go on under this plan: " + "; ".join(problems))
+        state = TrainState.from_state_dict(saved)
+        saved_world = state.world_size or self.world
         sharded.load(self.accelerator, path, model=self.model,
-                        optimizer=self.optimizer.optimizer, saved_world=state["world_size"])
-        if state["world_size"] != self.world:
-            set_seed(self.plan.recipe.run.seed + 1000 * state["step"] + self.rank)
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["step"], state["position"]["epoch"]
-        self.position = data.Position(**state["position"])
-        if state.get("best"):
-            self.best = (state["best"]["step"], state["best"]["value"])
-            self.best_step = self.best[0]
-        self.evals_since_best = state.get("evals_since_best", 0)
-        self.window_carried = state.get("log_window")
-        self.tracker_ids = state.get("trackers") or {}
-        log.info("resumed from %s (step %d, epoch %d, row %d)", path, self.step, self.epoch,
-                 self.position.row)
+                     optimizer=self.optimizer.optimizer, saved_world=saved_world)
+        if saved_world != self.world:
+            set_seed(self.plan.recipe.run.seed + 1000 * state.step + self.rank)
+        self.scheduler.load_state_dict(state.scheduler)
+        if state.scaler and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state.scaler)
+        self.state = state
+        log.info("resumed from %s (step %d, epoch %d, row %d)", path, state.step, state.epoch,
+                 state.position.row)
         if self.is_main:
-            self.console.print(f"[bold]resumed[/] from {path.name}: step {self.step} of "
-                               f"{self.plan.total_steps}, epoch {self.epoch}", highlight=False)
-        return self.step
+            self.console.print(f"[bold]resumed[/] from {path.name}: step {state.step} of "
+                               f"{self.plan.total_steps}, epoch {state.epoch}", highlight=False)
+        return state.step
 
     def _warn(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
@@ -280,179 +272,192 @@ class Trainer:
         return (self.rd.trace / f"rank{self.rank}.txt").open("a")
 
     def train(self) -> dict:
-        plan, acc = self.plan, self.accelerator
-        batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
-                                     start=self.position)
-        device = acc.device
-        window = self.window = LogWindow(device)
-        if self.is_main and self.window_carried:
-            window.restore(self.window_carried, max(1, plan.global_batch // plan.micro_batch))
-        start, start_step = time.perf_counter(), self.step
+        """Step, log, maybe evaluate, maybe checkpoint, maybe stop; then export."""
+        plan, state = self.plan, self.state
+        self.batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
+                                          start=state.position)
+        self.window = LogWindow(self.accelerator.device)
+        if self.is_main and state.log_window:  # the log window a checkpoint was cut in
+            self.window.restore(state.log_window, max(1, plan.global_batch // plan.micro_batch))
+        start, start_step = time.perf_counter(), state.step
         final_loss = float("nan")
-        progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
-                    if self.is_main else None)
-        every_eval, every_ckpt = plan.recipe.eval.every, plan.recipe.checkpoint.every
-        preempted = False
-        hooks = self.hooks
+        self.progress = (LiveProgress(self.console, plan.total_steps, start_step=state.step)
+                         if self.is_main else None)
         self.model.train()
-        with progress or contextlib.nullcontext():
-            while self.step < plan.total_steps:
-                # The whole step is read before its first backward: its loss is divided by
-                # the step's labelled units over all ranks (step_loss.py).
-                micro_batches, real = [], []
-                while True:
-                    hooks.data_begin()
-                    self.position, batch = next(batches)
-                    hooks.data_end(batch["inputs"])
-                    self.epoch = self.position.epoch
-                    if self.trace:
-                        self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
-                    micro_batches.append({k: v.to(device, non_blocking=True)
-                                          for k, v in batch["inputs"].items()})
-                    real.append(not batch.get("pad", False))
-                    self.examples_run += len(batch["ids"])
-                    if real[-1]:
-                        window.add_micro_batch(packing.token_mask(batch["inputs"]),
-                                               examples=len(batch["ids"]))
-                    # A token budget's step has as many micro batches as its tokens need.
-                    if batch.get("last", len(micro_batches) == plan.grad_accum):
-                        break
-                window.add_step_loss(step_loss.train_step(
-                    acc, self.model, self.optimizer, self.task, micro_batches, self.class_weights,
-                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm,
-                    real=real))
-                self.scheduler.step()
-                self.step += 1
-                window.steps += 1
-                hooks.step_end(self.step)
-                if progress:
-                    progress.advance(self.step)
-                last = self.step == plan.total_steps
-                if self.step % plan.recipe.run.log_every == 0 or last:
-                    final_loss = self._log(window, progress)
-                    window.reset()
+        with self.progress or contextlib.nullcontext():
+            while state.step < plan.total_steps:
+                self.train_step()
+                last = state.step == plan.total_steps
+                if state.step % plan.recipe.run.log_every == 0 or last:
+                    final_loss = self._log(self.window, self.progress)
+                    self.window.reset()
                 preempted = not last and self.preemption.agreed()
-                if self.timing_only:
+                if self.timing_only:  # `launcher bench`: no eval, checkpoint or export
                     if preempted:
                         break
                     continue
-                with window.paused():
-                    improved = stop = False
-                    if last or (every_eval and self.step % every_eval == 0):
-                        self.last_eval = self.evaluate(progress)
-                        improved, stop = self._track_best(self.last_eval)
-                    keep_best = improved and plan.recipe.checkpoint.keep_best
-                    if (last or stop or keep_best or preempted
-                            or (every_ckpt and self.step % every_ckpt == 0)):
-                        self._save_checkpoint(best=keep_best,
-                                              reason="preempted" if preempted else "step")
+                with self.window.paused():
+                    improved, stop = self._maybe_evaluate(last)
+                    self._maybe_checkpoint(last, improved, stop, preempted)
                 if preempted:
-                    self._stop_preempted(progress)
-                    return {"preempted": True, "step": self.step}
+                    self._stop_preempted(self.progress)
+                    return {"preempted": True, "step": state.step}
                 if stop:
-                    if progress:
-                        progress.note(f"early stop at step {self.step}: {self.best_metric} has "
-                                      f"not improved for {self.evals_since_best} evaluations")
+                    if self.progress:
+                        self.progress.note(f"early stop at step {state.step}: {self.best_metric} "
+                                           f"has not improved for {state.evals_since_best} "
+                                           "evaluations")
                     break
         train_time = time.perf_counter() - start
-        hooks.finish(self.preemption.group)
+        self.hooks.finish(self.preemption.group)
         if self.timing_only:
             self.outcome = "finished"
-            return {"step": self.step}
-        stopped_early = self.step < plan.total_steps
-        if stopped_early and self.best_step is not None and plan.recipe.checkpoint.keep_best:
+            return {"step": state.step}
+        stopped_early = state.step < plan.total_steps
+        if stopped_early and state.best is not None and plan.recipe.checkpoint.keep_best:
             # What early stopping is for: export the best weights, not the last.
-            sharded.load(acc, self.rd.checkpoint(self.best_step), model=self.model,
-                            optimizer=self.optimizer.optimizer, saved_world=self.world)
+            sharded.load(self.accelerator, self.rd.checkpoint(state.best.step), model=self.model,
+                         optimizer=self.optimizer.optimizer, saved_world=self.world)
         self._export()
-        return self._summary(final_loss, train_time, self.step - start_step)
+        return self._summary(final_loss, train_time, state.step - start_step)
+
+    def train_step(self) -> None:
+        """One optimizer step: read its micro batches, forward and backward each, step the
+        optimizer and the schedule, count it. The whole step is read before its first
+        backward: its loss is divided by the step's labelled units over all ranks
+        (step_loss.py)."""
+        plan, state, window, hooks = self.plan, self.state, self.window, self.hooks
+        device = self.accelerator.device
+        micro_batches, real = [], []
+        while True:
+            hooks.data_begin()
+            state.position, batch = next(self.batches)
+            hooks.data_end(batch["inputs"])
+            if self.trace:
+                self.trace.write("".join(f"{state.step + 1}\t{i}\n" for i in batch["ids"]))
+            micro_batches.append({k: v.to(device, non_blocking=True)
+                                  for k, v in batch["inputs"].items()})
+            real.append(not batch.get("pad", False))
+            self.examples_run += len(batch["ids"])
+            if real[-1]:
+                window.add_micro_batch(packing.token_mask(batch["inputs"]),
+                                       examples=len(batch["ids"]))
+            # A token budget's step has as many micro batches as its tokens need.
+            if batch.get("last", len(micro_batches) == plan.grad_accum):
+                break
+        window.add_step_loss(step_loss.train_step(
+            self.accelerator, self.model, self.optimizer, self.task, micro_batches,
+            self.class_weights, pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm,
+            real=real))
+        self.scheduler.step()
+        state.step += 1
+        window.steps += 1
+        hooks.step_end(state.step)
+        if self.progress:
+            self.progress.advance(state.step)
+
+    def _maybe_evaluate(self, last: bool) -> tuple[bool, bool]:
+        """On eval steps and the last: (improved, stop early)."""
+        every = self.plan.recipe.eval.every
+        if not (last or (every and self.state.step % every == 0)):
+            return False, False
+        self.last_eval = self.evaluate(self.progress)
+        return self._track_best(self.last_eval)
+
+    def _maybe_checkpoint(self, last: bool, improved: bool, stop: bool, preempted: bool) -> None:
+        c = self.plan.recipe.checkpoint
+        keep_best = improved and c.keep_best
+        if (last or stop or keep_best or preempted
+                or (c.every and self.state.step % c.every == 0)):
+            self._save_checkpoint(best=keep_best, reason="preempted" if preempted else "step")
 
     def _stop_preempted(self, progress) -> None:
         """Every rank saved this step; say so where the executor (and a person) will look."""
         signal_name = self.preemption.signal
+        step = self.state.step
         self.outcome = "preempted"
         if self.is_main:
             store.write_atomic(self.rd.preempted, json.dumps(
-                {"step": self.step, "signal": signal_name,
-                 "checkpoint": self.rd.checkpoint(self.step).name}) + "\n")
+                {"step": step, "signal": signal_name,
+                 "checkpoint": self.rd.checkpoint(step).name}) + "\n")
             if progress:
-                progress.note(f"preempted ({signal_name}) at step {self.step}: checkpoint "
+                progress.note(f"preempted ({signal_name}) at step {step}: checkpoint "
                               f"saved; it resumes from here")
-        log.info("preempted by %s at step %d; checkpoint saved", signal_name, self.step)
+        log.info("preempted by %s at step %d; checkpoint saved", signal_name, step)
 
     def _track_best(self, metrics: Optional[dict]) -> tuple[bool, bool]:
-        """(improved, stop early), decided on rank 0 and sent to every rank with the best step."""
-        decision = [False, False, None]
+        """(improved, stop early), decided on rank 0; every rank gets the same best."""
+        state = self.state
+        decision = [False, False, state.best, state.evals_since_best]
         if self.is_main and metrics is not None:
             e = self.plan.recipe.eval
             value = metrics[self.best_metric]
             sign = -1.0 if self.best_metric == "loss" else 1.0
-            if self.best is None or sign * (value - self.best[1]) > e.early_stopping_min_delta:
-                self.best, self.evals_since_best = (self.step, value), 0
+            if state.best is None or sign * (value - state.best.value) > e.early_stopping_min_delta:
+                state.best, state.evals_since_best = Best(state.step, self.best_metric, value), 0
                 decision[0] = True
             else:
-                self.evals_since_best += 1
+                state.evals_since_best += 1
             patience = e.early_stopping_patience
-            decision[1] = patience is not None and self.evals_since_best >= patience
-            decision[2] = self.best[0]
+            decision[1] = patience is not None and state.evals_since_best >= patience
+            decision[2:] = [state.best, state.evals_since_best]
         if self.world > 1:
             torch.distributed.broadcast_object_list(decision, src=0)
-        self.best_step = decision[2]
-        return decision[0], decision[1]
+        improved, stop, state.best, state.evals_since_best = decision
+        return improved, stop
 
     def _log(self, window: LogWindow, progress) -> float:
         t = window.totals(self.accelerator)
         record = {
-            "step": self.step, "epoch": self.epoch, "loss": t["loss"],
+            "step": self.state.step, "epoch": self.state.epoch, "loss": t["loss"],
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": t["examples"] / t["seconds"],
             "tokens_per_s": t["tokens_per_s"], "padded_tokens_per_s": t["padded_tokens_per_s"],
         }
         if self.metrics:
             self.metrics.train(record)
-            log.info("step %d loss %.4f lr %.3g samples/s %.1f", self.step, record["loss"],
-                     record["lr"], record["samples_per_s"])
+            log.info("step %d loss %.4f lr %.3g samples/s %.1f", record["step"],
+                     record["loss"], record["lr"], record["samples_per_s"])
         if progress:
             progress.show(loss=record["loss"], samples_per_s=record["samples_per_s"])
         return record["loss"]
 
     def evaluate(self, progress) -> Optional[dict]:
         lockstep = self.plan.recipe.scale.strategy in _SHARDED
+        step = self.state.step
         metrics = evaluate(
             plan=self.plan, task=self.task, tokenizer=self.tokenizer,
             model=self.model if lockstep else self.accelerator.unwrap_model(self.model),
             device=self.accelerator.device, autocast=self.accelerator.autocast, rank=self.rank,
-            world=self.world, lockstep=lockstep, step=self.step,
-            out_dir=self.rd.eval / f"step-{self.step:07d}")
+            world=self.world, lockstep=lockstep, step=step,
+            out_dir=self.rd.eval / f"step-{step:07d}")
         if metrics is None:
             return None
         head = self.task.headline(metrics)
-        self.metrics.eval(self.step, metrics, self.rd.eval / f"step-{self.step:07d}")
+        self.metrics.eval(step, metrics, self.rd.eval / f"step-{step:07d}")
         text = ", ".join(f"{k} {v:.4f}" for k, v in head.items())
-        log.info("eval step %d %s", self.step, text)
+        log.info("eval step %d %s", step, text)
         if progress:
-            progress.note(f"eval @ step {self.step}: {text} ({metrics['examples']} examples)")
+            progress.note(f"eval @ step {step}: {text} ({metrics['examples']} examples)")
         return metrics
 
     def _save_checkpoint(self, best: bool = False, reason: str = "step") -> None:
+        # The loop's state as it is, with what only a checkpoint records.
         scaler = self.accelerator.scaler
-        state = {"step": self.step, "epoch": self.epoch, "position": self.position.to_dict(),
-                 "data_order": compat.data_order(self.plan.recipe),
-                 "world_size": self.world, "global_batch": self.plan.global_batch,
-                 "reason": reason, "fingerprint": self.fingerprint,
-                 "scheduler": self.scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else None,
-                 "evals_since_best": self.evals_since_best, "saved_at": time.time(),
-                 "log_window": self.window.partial(self.accelerator) if self.window else None,
-                 "trackers": self.metrics.run_ids() if self.metrics else None}
-        if self.best is not None:
-            state["best"] = {"step": self.best[0], "metric": self.best_metric,
-                             "value": self.best[1]}
+        state = dataclasses.replace(
+            self.state, scheduler=self.scheduler.state_dict(),
+            scaler=scaler.state_dict() if scaler is not None else None,
+            log_window=self.window.partial(self.accelerator) if self.window else None,
+            trackers=self.metrics.run_ids() if self.metrics else None,
+            data_order=compat.data_order(self.plan.recipe), fingerprint=self.fingerprint,
+            world_size=self.world, global_batch=self.plan.global_batch, reason=reason,
+            saved_at=time.time())
         began = time.perf_counter()
-        path = sharded.save(self.accelerator, self.rd, step=self.step, state=state,
-                               model=self.model, optimizer=self.optimizer.optimizer,
-                               keep_last=self.plan.recipe.checkpoint.keep_last, best=best,
-                               group=self.preemption.group, after_write=self._after_write)
+        path = sharded.save(self.accelerator, self.rd, step=state.step,
+                            state=state.state_dict(), model=self.model,
+                            optimizer=self.optimizer.optimizer,
+                            keep_last=self.plan.recipe.checkpoint.keep_last, best=best,
+                            group=self.preemption.group, after_write=self._after_write)
         seconds = time.perf_counter() - began
         log.info("checkpoint %s%s in %.1f s", path, " (best)" if best else "", seconds)
         grace = self.plan.recipe.checkpoint.grace_s
@@ -461,7 +466,7 @@ class Trainer:
                         "save after a preemption signal may be cut off", seconds, grace)
 
     def _after_write(self) -> None:
-        self.hooks.after_save(self.step)
+        self.hooks.after_save(self.state.step)
 
     def _export(self) -> None:
         state = self.accelerator.get_state_dict(self.model)
@@ -479,16 +484,15 @@ class Trainer:
 
     def _summary(self, final_loss: float, train_time: float, steps_run: int) -> dict:
         summary = {
-            "run_dir": str(self.rd.root), "steps": self.step, "world_size": self.world,
+            "run_dir": str(self.rd.root), "steps": self.state.step, "world_size": self.world,
             "resumed_from": self.resumed_from,
             "final_loss": final_loss, "wall_time_s": train_time,
             "samples_per_s": self._examples_run() / max(train_time, 1e-9),
             "eval": ({"examples": self.last_eval["examples"], "loss": self.last_eval["loss"],
                       **self.task.headline(self.last_eval)} if self.last_eval else {}),
         }
-        if self.best is not None:
-            summary["best"] = {"step": self.best[0], "metric": self.best_metric,
-                               "value": self.best[1]}
+        if self.state.best is not None:
+            summary["best"] = dataclasses.asdict(self.state.best)
         if self.is_main:
             self.rd.summary.write_text(json.dumps(summary, indent=2) + "\n")
             self.metrics.artifact(self.rd.summary)
