@@ -179,6 +179,7 @@ class Trainer:
         self.best_metric = plan.recipe.eval.metric or self.task.main_metric
         self.window: Optional[LogWindow] = None
         self.progress: Optional[LiveProgress] = None
+        self.batches: Any = None  # the training stream, while train() runs
         self.fingerprint = compat.fingerprint(plan.recipe, self.task.labels)
         self.outcome: Optional[str] = None  # finished | preempted, for the trackers
         self.resumed_from = self._resume()
@@ -274,8 +275,8 @@ class Trainer:
     def train(self) -> dict:
         """Step, log, maybe evaluate, maybe checkpoint, maybe stop; then export."""
         plan, state = self.plan, self.state
-        self.batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
-                                          start=state.position)
+        batches = data.train_batches(plan, self.task, self.tokenizer, self.rank, self.world,
+                                     start=state.position)
         self.window = LogWindow(self.accelerator.device)
         if self.is_main and state.log_window:  # the log window a checkpoint was cut in
             self.window.restore(state.log_window, max(1, plan.global_batch // plan.micro_batch))
@@ -284,7 +285,10 @@ class Trainer:
         self.progress = (LiveProgress(self.console, plan.total_steps, start_step=state.step)
                          if self.is_main else None)
         self.model.train()
-        with self.progress or contextlib.nullcontext():
+        # Closed when the loop ends, so its DataLoader workers stop there (kept open past
+        # train(), they kept a rank from exiting with data.num_workers=2).
+        with contextlib.closing(batches) as self.batches, \
+                self.progress or contextlib.nullcontext():
             while state.step < plan.total_steps:
                 self.train_step()
                 last = state.step == plan.total_steps
