@@ -7,7 +7,8 @@ Layout of `checkpoints/step-N/`:
   optim_groups.json    the optimizer's non-tensor entries (learning rates, betas, ...)
   rng/rank{R}.safetensors   each rank's torch (CPU and CUDA), numpy and Python RNG states
   deepspeed/           ZeRO strategies: the engine's own checkpoint instead of dcp/
-  trainer_state.json   step, data position, scheduler, grad scaler, best eval, recipe print
+  trainer_state.json   step, data position, scheduler, grad scaler, best eval, recipe print:
+                       engine/train_state.py's TrainState
   manifest.json        size and sha256 of every file above, written last
 
 Ranks write into `step-N.tmp/`; each rank hashes exactly the files it wrote itself (no rank
