@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, cli_env, launcher
-from launcher.cli import main
 
 
 def _render(recipe: Path | str, *args: str, out: Path) -> subprocess.CompletedProcess:
@@ -24,21 +23,9 @@ def _render(recipe: Path | str, *args: str, out: Path) -> subprocess.CompletedPr
 
 
 @pytest.fixture
-def render(capsys, monkeypatch):
-    """`python -m launcher render ...` in this process: (exit status, stdout, stderr). Run from
-    the repository root, as the subprocess was, so relative paths resolve the same."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("COLUMNS", "400")
-
-    def call(recipe: Path | str, *args: str, out: Path) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            rc = main(["render", str(recipe), *map(str, args), "--out", str(out)])
-        except SystemExit as exit_:  # argparse's one line exits
-            rc = exit_.code
-        got = capsys.readouterr()
-        return subprocess.CompletedProcess(["render"], rc, got.out, got.err)
-    return call
+def render(cli):
+    """`python -m launcher render ...` in this process (conftest.cli)."""
+    return lambda recipe, *args, out: cli("render", recipe, *args, "--out", out)
 
 
 # --- malformed recipe files --------------------------------------------------------------------
