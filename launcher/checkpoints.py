@@ -166,12 +166,24 @@ def data_order(recipe: Any) -> dict[str, Any]:
     d = recipe.data
     return {"data.train": d.train, "data.streaming": d.streaming, "data.shuffle": d.shuffle,
             "data.shuffle_window": d.shuffle_window if d.streaming and d.shuffle else None,
-            "run.seed": recipe.run.seed if d.shuffle else None}
+            "run.seed": recipe.run.seed if d.shuffle else None,
+            # steps are cut by the token budget (engine/budget.py); absent means none
+            **({"scale.tokens_per_step": recipe.scale.tokens_per_step}
+               if recipe.scale.tokens_per_step else {})}
+
+
+UNRECORDED_ORDER = ("it was written before checkpoints recorded their data order, by a "
+                    "launcher that read the data in file order")
 
 
 def order_problems(state: dict[str, Any], recipe: Any) -> list[str]:
-    saved = state.get("data_order")  # absent in checkpoints from before data.shuffle
-    return [] if saved is None else differences(saved, data_order(recipe))
+    saved = state.get("data_order")
+    if saved is None:  # a launcher from before data.shuffle: its position counts file order
+        at = state.get("position", {})
+        mid_epoch = bool(at.get("row") or at.get("examples"))
+        return [f"{UNRECORDED_ORDER}, and the recipe shuffles it (data.shuffle=true)"
+                ] if recipe.data.shuffle and mid_epoch else []
+    return differences(saved, data_order(recipe))
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -183,7 +195,10 @@ def incompatible(state: dict[str, Any], now: dict[str, Any], global_batch: int) 
     """Why a checkpoint cannot go on under this recipe and plan (empty: it can). Checked
     before launching and again by the engine, which a requeued job reaches directly."""
     problems = differences(state.get("fingerprint", {}), now)
-    if state["global_batch"] != global_batch:
+    if state["global_batch"] != global_batch and not (state["global_batch"] and global_batch):
+        problems.append("the run was started with a token budget (scale.tokens_per_step) and "
+                        "the plan has a global batch, or the other way round")
+    elif state["global_batch"] != global_batch:
         # The data position is counted in global batches.
         problems.append(f"the global batch was {state['global_batch']} and the plan has "
                         f"{global_batch} (set scale.global_batch={state['global_batch']})")

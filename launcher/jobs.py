@@ -56,10 +56,13 @@ def status_command(run_dir: str, console: Console) -> int:
     lines = rd.metrics.read_text().splitlines() if rd.metrics.is_file() else []
     if lines:
         last = json.loads(lines[-1])
-        table.add_row("step", f"{last['step']:,} of {plan.total_steps:,} (epoch {last['epoch']})")
+        about = " (estimated: a token budget)" if plan.steps_estimated else ""
+        table.add_row("step", f"{last['step']:,} of {plan.total_steps:,}{about} "
+                              f"(epoch {last['epoch']})")
         table.add_row("loss", f"{last['loss']:.4f}")
         table.add_row("samples/s", f"{last['samples_per_s']:,.1f}")
-        if not rd.summary.is_file() and last["samples_per_s"] > 0:
+        # (a token budget's steps hold varying numbers of examples: no ETA from samples/s)
+        if not rd.summary.is_file() and last["samples_per_s"] > 0 and plan.global_batch:
             left = (plan.total_steps - last["step"]) * plan.global_batch / last["samples_per_s"]
             table.add_row("ETA", f"{left / 60:.1f} min of training")
     else:

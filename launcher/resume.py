@@ -6,6 +6,7 @@ could run code when loaded is skipped here already, with a warning."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +44,17 @@ def check(plan: Plan) -> Optional[int]:
     state = checkpoints.read_state(latest)
     now = checkpoints.fingerprint(plan.recipe, tasks.for_recipe(plan.recipe).labels)
     problems = checkpoints.incompatible(state, now, plan.global_batch)
+    at = state.get("position", {})
+    if "data_order" not in state and (at.get("row") or at.get("examples")):
+        if plan.recipe.data.shuffle:
+            raise RecipeError("data.shuffle", f"{latest} was written before checkpoints "
+                              "recorded their data order, by a launcher that read the data in "
+                              "file order; shuffled, the rest of its epoch would repeat some "
+                              "examples and skip others", "set data.shuffle=false to go on "
+                              "in file order (exact), or start in a new run.output_dir; "
+                              "nothing there was touched")
+        _note(f"{latest.name} holds no data order (an older launcher's): it goes on in file "
+              "order (data.shuffle=false), as it was read")
     problems += checkpoints.order_problems(state, plan.recipe)
     if problems:
         raise RecipeError("run.output_dir", f"{latest} cannot go on under this recipe: "
@@ -55,7 +67,24 @@ def check(plan: Plan) -> Optional[int]:
                           f"{saved_world} ranks and this launch has {plan.world_size}",
                           f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
                           "nothing there was touched")
+    pos = state.get("position", {})
+    readers, workers = pos.get("readers", 0), max(plan.recipe.data.num_workers, 1)
+    if readers and pos.get("examples") and (saved_world, readers) != (
+            plan.world_size, plan.world_size * workers):
+        # Each reader (rank x worker) read its own shards: another split is another order.
+        raise RecipeError("--nproc-per-node", f"{latest} stopped mid-epoch in a stream whose "
+                          f"shards its {saved_world} ranks x {readers // saved_world} workers "
+                          f"each read their own, and this launch has {plan.world_size} x "
+                          f"{workers}", f"resume on {saved_world} ranks with data.num_workers="
+                          f"{readers // saved_world}; nothing there was touched")
     return state["step"]
+
+
+def _note(text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"note: {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _warn(text: str) -> None:
@@ -75,12 +104,21 @@ def resume_plan(run_dir: str, nodes: Optional[int], procs_per_node: Optional[int
     if not plan_file.is_file():
         raise RecipeError("RUN_DIR", f"{rd.root} holds no run (no plan/plan.json)",
                           "give the run directory that `launcher run` printed")
+    raw = json.loads(plan_file.read_text())
     old = Plan.from_json(plan_file.read_text())
+    if "shuffle" not in raw["recipe"].get("data", {}):
+        # Written by a launcher from before data.shuffle, which read every epoch in file
+        # order: the run goes on in that order (check() says so).
+        old = dataclasses.replace(old, recipe=dataclasses.replace(
+            old.recipe, data=dataclasses.replace(old.recipe.data, shuffle=False)))
     scale = old.recipe.scale
     nodes = nodes or scale.nodes
     procs = procs_per_node or scale.procs_per_node
     if (nodes, procs) == (scale.nodes, scale.procs_per_node):
         new_scale = scale
+    elif scale.tokens_per_step:
+        # A token budget's steps do not depend on the world size (engine/budget.py).
+        new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs)
     else:
         new_scale = dataclasses.replace(scale, nodes=nodes, procs_per_node=procs,
                                         global_batch=old.global_batch, grad_accum=None)

@@ -26,18 +26,37 @@ class Source:
     config: Optional[str]
     split: str
 
+    files: tuple = ()  # a local source's files: one, or those a pattern (parts/*.jsonl) matches
+
     @property
     def is_local(self) -> bool:
         return self.path is not None
 
+    @property
+    def data_files(self) -> Any:
+        """HF load_dataset's data_files: each file is one shard of a stream."""
+        return [str(f) for f in self.files] if len(self.files) > 1 else str(self.path)
+
+
+def is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
 
 def resolve(name: str, *, config: Optional[str], split: str) -> Source:
-    """A name with a data file's extension, or written as a path (/, ./, ~), is a local file;
-    anything else (ag_news, org/name) is a hub dataset."""
+    """A name with a data file's extension, or written as a path (/, ./, ~), is a local file,
+    or several files when it is a pattern (data/part-*.jsonl, in name order); anything else
+    (ag_news, org/name) is a hub dataset."""
     suffix = Path(name).suffix.lower()
     if suffix in FORMATS or name.startswith(("/", "./", "../", "~")):
-        path = Path(name).expanduser().resolve()
-        return Source(name, FORMATS.get(suffix, ""), path, None, "train")
+        path = Path(name).expanduser().absolute()
+        if is_pattern(name):
+            import glob
+
+            files = tuple(Path(f).resolve() for f in sorted(glob.glob(str(path))))
+            return Source(name, FORMATS.get(suffix, ""), files[0] if files else path, None,
+                          "train", files)
+        path = path.resolve()
+        return Source(name, FORMATS.get(suffix, ""), path, None, "train", (path,))
     return Source(name, name, None, config, split)
 
 
@@ -77,6 +96,12 @@ def read_rows(src: Source) -> Iterator[dict]:
     fields, an unreadable parquet) raises `BadData` naming the line before anything runs.
     The file is streamed: a large one is never held in memory whole."""
     assert src.path is not None
+    if len(src.files) > 1:
+        import dataclasses
+
+        for f in src.files:
+            yield from read_rows(dataclasses.replace(src, path=f, files=(f,)))
+        return
     if src.builder == "json":
         yield from _json_rows(src.path)
     elif src.builder == "csv":
@@ -204,7 +229,7 @@ def open_stream(src: Source, *, streaming: bool):
     import datasets
 
     if src.is_local:
-        ds = datasets.load_dataset(src.builder, data_files=str(src.path), split="train",
+        ds = datasets.load_dataset(src.builder, data_files=src.data_files, split="train",
                                    streaming=streaming)
     else:
         ds = datasets.load_dataset(src.builder, src.config, split=src.split, streaming=streaming)
@@ -266,12 +291,12 @@ def prepare(src: Source, columns: list[str], is_empty: Any) -> Prepared:
     from filelock import FileLock
 
     cache = Path(datasets.config.HF_DATASETS_CACHE)
-    ident = hashlib.sha256(repr((src.builder, str(src.path), src.config, src.split))
+    ident = hashlib.sha256(repr((src.builder, src.data_files, src.config, src.split))
                            .encode()).hexdigest()[:16]
     (cache / "launcher_locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / "launcher_locks" / f"{ident}.lock")):
         if src.is_local:
-            ds = datasets.load_dataset(src.builder, data_files=str(src.path), split="train")
+            ds = datasets.load_dataset(src.builder, data_files=src.data_files, split="train")
         else:
             ds = datasets.load_dataset(src.builder, src.config, split=src.split)
         where = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else None

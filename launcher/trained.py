@@ -17,6 +17,7 @@ from typing import Optional
 from rich.console import Console
 
 from launcher import checkpoint_scan, checkpoints, sources, tasks
+from launcher.engine import device
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan, local_columns
 from launcher.plan.scan import scan
@@ -117,6 +118,8 @@ def eval_command(run_dir: str, checkpoint: Optional[str], data: Optional[str], n
     name = f"{chosen or 'final'}-on-{stem}{suffix}"
     if nproc < 1:
         raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
+    # The plan's device, as training had it (the same refusal as `launcher run`).
+    device.refuse_here(plan, nproc)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
@@ -167,6 +170,7 @@ def predict_command(run_dir: str, checkpoint: Optional[str], texts: list[str],
             if task.cols.pair is not None:
                 row[task.cols.pair] = pair
             rows.append(row)
+    device.refuse_here(plan, 1)
     from launcher.engine.eval_main import predict
 
     try:

@@ -7,11 +7,9 @@ group stays: accelerate and DeepSpeed reuse an initialised one). Rank 0 writes
 RUN_DIR/cell.json with what was built: the distributed type accelerate set up and the ZeRO
 stage.
 
-On CPU accelerate turns an FSDP plugin into plain DDP (Accelerator(cpu=True) sets MULTI_CPU,
-and only GPU types become FSDP), so for fsdp cells this harness also shards the recipe's model
-itself the way accelerate's transformer_based_wrap does (fully_shard on every module of the
-family's block class, then the root) and trains one step on both ranks: `fsdp_units` are the
-classes of the FSDP units made, `sharded` whether every block weight holds half its rows here.
+For fsdp cells it also records what the engine's FSDP2 (accelerate's, on gloo) made of the
+model: `fsdp_units` are the classes of the FSDP units, `sharded` whether every block weight
+holds its rank's rows only here (a DTensor with half the rows on each of the 2 ranks).
 """
 
 from __future__ import annotations
@@ -61,34 +59,20 @@ def main(plan_dirs: list[str]) -> int:
 
 
 def fsdp_step(plan, trainer) -> dict:
-    import torch
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    from launcher.engine.model import build_model, fsdp_block
+    from launcher.engine.model import fsdp_block
 
-    torch.manual_seed(0)
-    model = build_model(plan.recipe.model, trainer.task)
+    model = trainer.accelerator.unwrap_model(trainer.model)
     block = fsdp_block(plan.recipe.model)
-    blocks = [m for m in model.modules() if type(m).__name__ == block]
-    for module in blocks:
-        fully_shard(module)
-    fully_shard(model)
-    rows = [json.loads(line) for line in
-            Path(plan.recipe.data.train).read_text().splitlines()[:8]]
-    batch = trainer.task.encode(rows, trainer.tokenizer, indices=range(8))["inputs"]
-    labels = batch.pop("labels")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss = (trainer.task.loss_sum(model(**batch), labels, None)
-            / trainer.task.units(labels, None).float())
-    loss.backward()
-    optimizer.step()
+    blocks = [m for m in model.modules() if type(m).__name__.removeprefix("FSDP") == block]
     weights = [p for m in blocks for p in m.parameters() if p.dim() == 2]
     return {"fsdp_units": [type(m).__name__.removeprefix("FSDP") for m in model.modules()
                            if isinstance(m, FSDPModule)],
-            "sharded": all(isinstance(p, DTensor) and p.to_local().shape[0] * 2 == p.shape[0]
-                           for p in weights),
-            "fsdp_loss": loss.item()}
+            "sharded": bool(weights) and all(
+                isinstance(p, DTensor) and p.to_local().shape[0] * 2 == p.shape[0]
+                for p in weights)}
 
 
 if __name__ == "__main__":

@@ -202,3 +202,69 @@ def test_a_streams_shards_come_in_a_seeded_order_each_epoch(tmp_path):
     assert len({tuple(o) for o in orders}) > 1
     assert orders[0] == [r["text"].split()[0] for r in
                          data.sources.iter_rows(data.epoch_stream(rows, 42, 0))][::3]
+
+
+def _old_run_dir(root) -> RunDir:
+    """A run directory as a launcher from before data.shuffle left it: its plan.json has no
+    data.shuffle (it read every epoch in file order, streamed) and its checkpoint at step 5
+    no data_order; position (epoch, row, examples)."""
+    from launcher import checkpoints
+
+    rd = RunDir(root)
+    plan = plan_mod.build(load(TINY, ["data.streaming=true", "data.shuffle=false"]),
+                          run_dir=str(rd.root))
+    old = json.loads(plan.to_json())
+    for key in ("shuffle", "shuffle_window"):
+        del old["recipe"]["data"][key]
+    rd.plan.mkdir(parents=True)
+    (rd.plan / "plan.json").write_text(json.dumps(old))
+    step = rd.checkpoint(5)
+    step.mkdir(parents=True)
+    state = {"step": 5, "epoch": 0, "position": {"epoch": 0, "row": 163, "examples": 160},
+             "world_size": 1, "global_batch": plan.global_batch, "reason": "signal",
+             "fingerprint": checkpoints.fingerprint(plan.recipe,
+                                                    tasks.for_recipe(plan.recipe).labels),
+             "scheduler": {}, "scaler": None, "evals_since_best": 0, "saved_at": 0.0,
+             "log_window": None}
+    (step / checkpoints.STATE).write_text(json.dumps(state))
+    checkpoints.write_manifest(step, 5, checkpoints.describe([step / checkpoints.STATE], step))
+    (rd.checkpoints / "LATEST").write_text(step.name)
+    return rd
+
+
+def test_an_old_checkpoint_without_a_data_order_goes_on_in_file_order_and_says_so(
+        tmp_path, capsys):
+    """Its position counts file order. `resume` goes on in file order and says so in one
+    line; `run` under the shuffled default is refused with the fix (shuffled, the rest of the
+    epoch would repeat some examples and skip others); with data.shuffle=false it goes on."""
+    from launcher import cli
+
+    rd = _old_run_dir(tmp_path / "old")
+    assert cli.main(["resume", str(rd.root), "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "resuming" in out.out and "from step 5" in out.out
+    notes = [line for line in out.err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: step-0000005 holds no data order (an older launcher's): it goes on "
+                     "in file order (data.shuffle=false), as it was read"]
+    assert json.loads((rd.plan / "plan.json").read_text())["recipe"]["data"]["shuffle"] is False
+
+    args = ["run", str(TINY), "data.streaming=true", f"run.output_dir={rd.root}", "--dry-run"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.shuffle" in err[0] and "set data.shuffle=false to go on in " \
+        "file order (exact), or start in a new run.output_dir" in err[0], err
+    assert cli.main([*args, "data.shuffle=false"]) == 0
+    assert "from step 5" in capsys.readouterr().out
+    # stopped at an epoch's end, nothing of its order is left: the next epoch is shuffled
+    state = json.loads((rd.checkpoint(5) / "trainer_state.json").read_text())
+    state["position"] = {"epoch": 1, "row": 0, "examples": 0}
+    _rewrite_state(rd.checkpoint(5), state)
+    assert cli.main(args) == 0
+    assert "from step 5" in capsys.readouterr().out
+
+
+def _rewrite_state(step, state) -> None:
+    from launcher import checkpoints
+
+    (step / checkpoints.STATE).write_text(json.dumps(state))
+    checkpoints.write_manifest(step, 5, checkpoints.describe([step / checkpoints.STATE], step))

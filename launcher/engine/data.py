@@ -11,8 +11,18 @@ size, and the position after a step is (epoch, examples consumed), which every r
 without talking to the others. A resume (on any world size) recomputes the epoch's order and
 goes on from that example: nothing before it is read.
 
-A stream (data.streaming=true) is read in file order; every rank reads every row but encodes
-only its own, and a resume skips to the row just past the saved step on HF's arrow path.
+Under a token budget (scale.tokens_per_step) the epoch's order is cut into steps and micro
+batches by token counts instead (engine/budget.py), the same at any world size; positions
+still count examples.
+
+A stream (data.streaming=true) with data.shuffle=false is read in file order; every rank
+reads every row but encodes only its own, and a resume skips to the row just past the saved
+step on HF's arrow path. Window-shuffled (data.shuffle=true), its shards come in an order seeded
+by (run.seed, epoch); where it has at least world x workers shards and the epoch's length is
+known, each rank and DataLoader worker (a "reader") reads only its own shards of that order and
+fills its own micro batches (see ShardedEpoch); otherwise every reader reads the whole stream,
+windowed, and keeps its share of each global micro batch (WindowedEpoch). The rank log says
+which.
 
 DataLoader worker w of a rank encodes global micro batches w, w + workers, ... (the DataLoader
 hands them back in order).
@@ -39,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from launcher import sources
-from launcher.engine import packing
+from launcher.engine import budget, packing
 from launcher.plan.build import Plan
 from launcher.tasks import Task
 
@@ -60,9 +70,13 @@ class Position:
     examples: int = 0  # examples of this epoch's order trained on, over all ranks
     window: int = 0    # window-shuffled streams: the window the next example comes from
     offset: int = 0    # ... and how many of that window's examples were trained on
+    readers: int = 0   # sharded streams: the readers (ranks x workers) splitting its shards
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        saved = asdict(self)
+        if not self.readers:
+            del saved["readers"]  # as checkpoints of unsharded streams have always read
+        return saved
 
 
 def open_source(name: str, split: str, plan: Plan):
@@ -193,6 +207,8 @@ def train_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
     """(position after this micro batch, micro batch) forever. An epoch of known length ends
     after exactly steps_per_epoch x global_batch examples, so ranks never wait on each other."""
     pos = start or Position()  # positions are replaced, never changed in place
+    if plan.tokens_per_step:
+        return _first_timed(_budget_batches(plan, task, tokenizer, rank, world, pos))
     width = world * plan.micro_batch
     if pos.examples % width:
         raise DataError(f"the checkpoint stopped {pos.examples} examples into epoch "
@@ -248,6 +264,87 @@ def _prepared_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
             yield pos, batch
 
 
+class BudgetEpoch(IterableDataset):
+    """Prepared data under a token budget (engine/budget.py): from position `start` of the
+    epoch's `order` (row indices, with each example's tokens in `lengths`), one item per
+    optimizer step: this rank's micro batches of it, `forwards` of them (the zero-weight ones
+    flagged `pad`), and `examples_end`, the epoch's position after the step."""
+
+    def __init__(self, prepared: sources.Prepared, order: np.ndarray, lengths: np.ndarray,
+                 start: int, task: Task, tokenizer: Any, plan: Plan, rank: int, world: int):
+        self.prepared, self.order, self.lengths, self.start = prepared, order, lengths, start
+        self.task, self.tokenizer, self.rank, self.world = task, tokenizer, rank, world
+        d = plan.recipe.data
+        self.budget, self.micro_tokens = plan.tokens_per_step, plan.micro_tokens
+        self.pad_multiple = d.pad_to_multiple_of or 1
+        pack = _pack_args(plan)
+        self.pack_to, self.pack_rows_multiple = pack["pack_to"], pack["pack_rows_multiple"]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        ends = budget.step_ends(self.lengths, self.start, self.budget)
+        for s in range(worker, len(ends), workers):
+            begin, end = (ends[s - 1] if s else self.start), ends[s]
+            step = self.order[begin:end].tolist()
+            groups = budget.micro_batches(self.lengths[begin:end].tolist(), self.micro_tokens,
+                                          self.pad_multiple, self.pack_to,
+                                          self.pack_rows_multiple)
+            mine = groups[self.rank::self.world]
+            micro, decoded = [], 0
+            for group in mine:
+                rows = [step[i] for i in group]
+                micro.append(self._encode(rows))
+                decoded += len(rows)
+            for _ in range(budget.forwards(len(groups), self.world) - len(mine)):
+                # Zero weight: the step's shortest examples, so the forward costs little.
+                pad = self._encode([step[i] for i in groups[-1]])
+                pad.update(pad=True, ids=[], index=[])
+                micro.append(pad)
+            yield {"micro": micro, "examples_end": end, "decoded": decoded}
+
+    def _encode(self, rows: list[int]) -> dict:
+        batch = self.task.encode(self.prepared.read(rows), self.tokenizer, indices=rows)
+        if self.pack_to:
+            batch["inputs"] = packing.pack(batch["inputs"], self.pack_to,
+                                           self.pack_rows_multiple)
+        return batch
+
+
+def _budget_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
+                    pos: Position) -> Iterator[tuple[Position, dict]]:
+    """(position after the step, micro batch) under a token budget; a step's last micro
+    batch says `last`. Every example of an epoch is trained once (the last step may be
+    short), and the position counts examples, as without a budget."""
+    d, seed = plan.recipe.data, plan.recipe.run.seed
+    prepared = prepare(d.train, d.train_split, plan, task)
+    lengths = budget.lengths(prepared, task, tokenizer)
+    n = len(prepared.keep)
+    if n == 0:
+        raise DataError(f"{d.train} has no non-empty rows")
+    log.info("data: %s prepared, %d examples an epoch, %s; steps of up to %d real tokens in "
+             "micro batches of up to %d tokens; rank %d reads its micro batches by index",
+             d.train, n, "shuffled by (run.seed, epoch)" if d.shuffle else "in file order",
+             plan.tokens_per_step, plan.micro_tokens, rank)
+    while True:
+        if pos.examples >= n:
+            pos = Position(epoch=pos.epoch + 1)
+        perm = epoch_order(n, seed, pos.epoch, d.shuffle)
+        epoch = BudgetEpoch(prepared, np.asarray(prepared.keep)[perm], lengths[perm],
+                            pos.examples, task, tokenizer, plan, rank, world)
+        decoded, first = 0, pos.examples
+        for step in _loader(epoch, plan):
+            decoded += step["decoded"]
+            pos = Position(pos.epoch, 0, step["examples_end"])
+            if pos.examples == n:
+                log.info("data: epoch %d: this rank decoded %d rows for its micro batches "
+                         "of the epoch's examples %d to %d", pos.epoch, decoded, first, n)
+            micro = step["micro"]
+            for k, batch in enumerate(micro):
+                batch["last"] = k == len(micro) - 1
+                yield pos, batch
+
+
 def _streamed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
                       pos: Position) -> Iterator[tuple[Position, dict]]:
     d = plan.recipe.data
@@ -289,6 +386,97 @@ def epoch_stream(rows: Any, seed: int, epoch: int) -> Any:
 
     order = np.random.default_rng([seed, epoch, _SHARD_STREAM]).permutation(shards)
     return datasets.concatenate_datasets([rows.shard(shards, int(i)) for i in order])
+
+
+def stream_readers(shards: int, world: int, workers: int, known_length: bool) -> int:
+    """How many readers split a window-shuffled stream's shards: world x workers when it has at
+    least that many shards and the epoch's length is known (so every rank can stop after the
+    same number of micro batches without talking to the others); 0: every rank and worker
+    reads the whole stream and keeps its share."""
+    readers = world * max(workers, 1)
+    return readers if readers > 1 and shards >= readers and known_length else 0
+
+
+_SHARD_ROW_BITS = 32  # a sharded stream's example index: shard << 32 | row within the shard
+
+
+def reader_shards(shards: int, seed: int, epoch: int, readers: int, reader: int) -> list[int]:
+    """The shards reader `reader` of `readers` reads in epoch `epoch`: every readers-th of the
+    epoch's shard order (the order epoch_stream concatenates)."""
+    order = np.random.default_rng([seed, epoch, _SHARD_STREAM]).permutation(shards)
+    return [int(i) for i in order[reader::readers]]
+
+
+def reader_examples(rows: Any, task: Task, size: int, seed: int, epoch: int, readers: int,
+                    reader: int, skip: int, read: list[int]) -> Iterator[tuple[int, dict]]:
+    """(index, example) of one reader's own shards in epoch `epoch`, each window of `size`
+    rows permuted by (seed, epoch, reader, pass, window), from its `skip`-th example on. A
+    reader whose shards run out before the epoch's quota reads them again (the next pass,
+    in other windows' orders), as sharded loaders do: shards differ in size. The examples
+    before `skip` are read again but not tokenized; `read[0]` counts the rows read."""
+    mine = reader_shards(rows.n_shards, seed, epoch, readers, reader)
+    for rerun in itertools.count():
+        def indexed() -> Iterator[tuple[int, dict]]:
+            for s in mine:
+                part = rows.shard(rows.n_shards, s)
+                for j, row in enumerate(sources.iter_rows(part)):
+                    yield (s << _SHARD_ROW_BITS) | j, row
+        stream, found = indexed(), 0
+        for window in itertools.count():
+            chunk = list(itertools.islice(stream, size))
+            if not chunk:
+                break
+            read[0] += len(chunk)
+            kept = [(i, row) for i, row in chunk if not task.is_empty(row)]
+            found += len(kept)
+            if skip >= len(kept):
+                skip -= len(kept)
+                continue
+            order = np.random.default_rng([seed, epoch, _SHARD_STREAM, reader, rerun, window]
+                                          ).permutation(len(kept))
+            for j in order[skip:]:
+                yield kept[j]
+            skip = 0
+        if found == 0:
+            raise DataError(f"shards {mine} of the stream hold no example")
+
+
+class ShardedEpoch(IterableDataset):
+    """A sharded window-shuffled stream: rank `rank`'s micro batches `first` to `last` - 1 of
+    one epoch. Micro batch j comes from DataLoader worker j - first (mod workers), which reads
+    as reader rank x workers + j % workers: its own shards, its own micro batches j, j +
+    workers, ... (so a resume at any `first` reads each reader's batches as before)."""
+
+    def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int,
+                 workers: int, readers: int, size: int, seed: int, epoch: int, first: int,
+                 last: int, pack_to: Optional[int] = None, pack_rows_multiple: int = 1):
+        self.rows, self.task, self.tokenizer = rows, task, tokenizer
+        self.micro, self.rank, self.workers, self.readers = micro, rank, max(workers, 1), readers
+        self.size, self.seed, self.epoch, self.first, self.last = size, seed, epoch, first, last
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        i = info.id if info else 0
+        w = (self.first + i) % self.workers
+        done = len(range(w, self.first, self.workers))  # this reader's batches before `first`
+        read, counted = [0], 0
+        examples = reader_examples(self.rows, self.task, self.size, self.seed, self.epoch,
+                                   self.readers, self.rank * self.workers + w,
+                                   done * self.micro, read)
+        for _ in range(self.first + i, self.last, self.workers):
+            chunk = list(itertools.islice(examples, self.micro))
+            batch = _rank_share(_Own(self), chunk)
+            batch["decoded"], counted = read[0] - counted, read[0]
+            yield batch
+
+
+class _Own:
+    """_rank_share's view of a reader: the whole micro batch is its rank's."""
+
+    def __init__(self, epoch: ShardedEpoch):
+        self.rank, self.world, self.task, self.tokenizer = 0, 1, epoch.task, epoch.tokenizer
+        self.pack_to, self.pack_rows_multiple = epoch.pack_to, epoch.pack_rows_multiple
 
 
 def windowed_examples(stream: Any, task: Task, size: int, seed: int, epoch: int,
@@ -356,31 +544,69 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
     width = world * plan.micro_batch
     per_epoch = None if plan.steps_per_epoch is None else plan.steps_per_epoch * plan.global_batch
     rows = open_source(d.train, d.train_split, plan)
-    log.info("data: %s streamed from %d shard(s), their order and each window of %d rows "
-             "shuffled by (run.seed, epoch); every rank and worker reads every row and "
-             "encodes only its own %d of every %d examples", d.train, rows.n_shards,
-             d.shuffle_window, plan.micro_batch, width)
+    workers = max(d.num_workers, 1)
+    readers = stream_readers(rows.n_shards, world, d.num_workers, per_epoch is not None)
+    if pos.examples and pos.readers and pos.readers != readers:
+        raise DataError(_readers_refusal(pos, readers, rows.n_shards, world, workers))
+    log.info("data: %s", reads_line(d.train, rows.n_shards, world, workers, rank, readers,
+                                    d.shuffle_window, per_epoch is not None, plan.micro_batch))
+    if pos.examples and readers and not pos.readers:
+        log.info("data: epoch %d was read as a whole stream before its checkpoint: it goes on "
+                 "so (exact at any world size); its own shards from epoch %d", pos.epoch,
+                 pos.epoch + 1)
     while True:
         left = None if per_epoch is None else (per_epoch - pos.examples) // width
         if left == 0:
-            pos = Position(epoch=pos.epoch + 1)
+            pos = Position(epoch=pos.epoch + 1, readers=readers)
             continue
-        epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
-                              plan.micro_batch, rank, world, d.shuffle_window, seed, pos.epoch,
-                              pos.window, pos.offset, left, **_pack_args(plan))
+        split = pos.readers if pos.examples else readers  # an epoch goes on as it began
+        if split:
+            done = pos.examples // width
+            epoch: IterableDataset = ShardedEpoch(
+                rows, task, tokenizer, plan.micro_batch, rank, d.num_workers, split,
+                d.shuffle_window, seed, pos.epoch, done, done + left, **_pack_args(plan))
+        else:
+            epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
+                                  plan.micro_batch, rank, world, d.shuffle_window, seed,
+                                  pos.epoch, pos.window, pos.offset, left, **_pack_args(plan))
         taken, decoded = 0, 0
         for batch in _loader(epoch, plan):
             taken += 1
             decoded += batch.pop("decoded")
-            pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end"),
-                           batch.pop("offset_end"))
+            pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end", 0),
+                           batch.pop("offset_end", 0), split)
             if left is not None and taken == left:
                 log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
                          "own", pos.epoch, decoded, left * plan.micro_batch)
             yield pos, batch
         if taken == 0 and pos.window == 0 and pos.offset == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
-        pos = Position(epoch=pos.epoch + 1)
+        pos = Position(epoch=pos.epoch + 1, readers=readers)
+
+
+def reads_line(name: str, shards: int, world: int, workers: int, rank: int, readers: int,
+               window: int, known_length: bool, micro: int) -> str:
+    """What rank `rank` reads of a window-shuffled stream, in one line for its log."""
+    if readers:
+        return (f"{name}: {shards} shards >= {world} ranks x {workers} workers: each worker "
+                f"of rank {rank} reads only its own shards (1 in every {readers} of the "
+                f"epoch's shard order, seeded by (run.seed, epoch)), each window of {window} "
+                f"rows shuffled")
+    why = (f"{shards} shards < {world} ranks x {workers} workers" if shards < world * workers
+           else f"{shards} shards but the epoch's length is unknown (set data.train_examples)"
+           if not known_length and world * workers > 1 else f"{shards} shard(s), 1 reader")
+    keep = "" if world == 1 else f" and keeps its 1/{world}"
+    return (f"{name}: {why}: every rank reads the whole stream{keep} (shard order and each "
+            f"window of {window} rows shuffled by (run.seed, epoch))")
+
+
+def _readers_refusal(pos: Position, readers: int, shards: int, world: int, workers: int) -> str:
+    now = (f"{world} ranks x {workers} workers would split them {readers} ways" if readers
+           else f"{world} ranks x {workers} workers would read the whole stream")
+    return (f"the checkpoint stopped {pos.examples} examples into epoch {pos.epoch} with its "
+            f"{shards} shards split between {pos.readers} readers (ranks x data.num_workers) "
+            f"and {now}, another order: resume with the ranks and data.num_workers it was "
+            f"saved with")
 
 
 class EvalShard(IterableDataset):

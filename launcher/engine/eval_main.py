@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from launcher import tasks
+from launcher.engine import device
 from launcher.engine.evaluate import evaluate, score
 from launcher.engine.model import build_model, build_tokenizer, load_trained
 from launcher.engine.checkpoint import model_weights
@@ -50,12 +51,15 @@ def load(run_dir: Path, checkpoint: Optional[str],
     return plan, task, build_tokenizer(cfg), model
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+def _device(plan: Plan) -> torch.device:
+    """The plan's resolved scale.device, as training had it: a cpu plan evaluates on CPU where
+    a GPU is visible too, and a cuda plan never falls back to CPU (engine/device.py refuses)."""
+    if plan.device != "cuda":
+        return torch.device("cpu")
+    device.check(plan, local=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
 
 
 def _autocast(plan: Plan, device: torch.device):
@@ -69,16 +73,17 @@ def _autocast(plan: Plan, device: torch.device):
 def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
              name: str, overrides: list[str] = ()) -> Optional[dict]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = Plan.from_json((RunDir(run_dir).plan / "plan.json").read_text())
     if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if plan.device == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     try:
+        where = _device(plan)
         plan, task, tokenizer, model = load(run_dir, checkpoint, overrides)
-        device = _device()
-        model.to(device)
+        model.to(where)
         step = int(checkpoint.split("-")[-1]) if checkpoint else -1
-        return evaluate(plan=plan, task=task, tokenizer=tokenizer, model=model, device=device,
-                        autocast=_autocast(plan, device), rank=rank, world=world,
+        return evaluate(plan=plan, task=task, tokenizer=tokenizer, model=model, device=where,
+                        autocast=_autocast(plan, where), rank=rank, world=world,
                         lockstep=False, step=step, out_dir=RunDir(run_dir).eval / name,
                         data_file=data_file)
     finally:
@@ -93,10 +98,10 @@ def predict(run_dir: Path, checkpoint: Optional[str], rows: list[dict],
     from launcher.engine.data import EvalShard
 
     plan, task, tokenizer, model = load(run_dir, checkpoint, overrides)
-    device = _device()
-    model.to(device)
+    where = _device(plan)
+    model.to(where)
     shard = EvalShard(rows, task, tokenizer, plan.eval_micro_batch, 0, 1, labeled=False)
-    records, _ = score(model, iter(shard), task, device, _autocast(plan, device), full=True)
+    records, _ = score(model, iter(shard), task, where, _autocast(plan, where), full=True)
     by_index = {r["index"]: r for r in records}
     id_column = task.cols.id or "id"
     out = []

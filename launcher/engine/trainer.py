@@ -9,7 +9,9 @@ the loss stays on the device until a log step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import logging
 import os
 import time
@@ -26,7 +28,7 @@ from rich.console import Console
 
 from launcher import checkpoints, sources, tasks
 from launcher.bench import flops, write_result
-from launcher.engine import checkpoint, data, faults, packing, step_loss
+from launcher.engine import budget, checkpoint, data, faults, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.metrics_log import MetricsLog
 from launcher.engine.model import build_model, build_tokenizer, fsdp_block
@@ -71,6 +73,8 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
                               mixed_precision=_PRECISION[precision],
                               gradient_accumulation_steps=plan.grad_accum,
                               kwargs_handlers=handlers, **kwargs)
+    if strategy == "fsdp" and cpu:
+        _fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])
     if strategy.startswith("zero") and accelerator.distributed_type.name != "DEEPSPEED":
         raise RuntimeError(f"scale.strategy is {strategy} but accelerate set up "
                            f"{accelerator.distributed_type.name}, not DeepSpeed")
@@ -79,6 +83,40 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
         raise RuntimeError(f"the plan is for {plan.world_size} processes but this one sees "
                            f"{accelerator.num_processes}; launch it with plan/launch.sh")
     return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
+    """Give a CPU (gloo) run the FSDP set-up accelerate gives GPUs.
+
+    accelerate 1.15 turns an FSDP plugin into FSDP only for GPU-like distributed types
+    (state.py: MULTI_GPU, MULTI_NPU, ...); with cpu=True the state is MULTI_CPU and prepare()
+    would wrap the model in DDP. So we do here what that branch does (the distributed type,
+    the plugin's mixed precision, the plugin), right after the Accelerator is made and before
+    anything is prepared (its __init__ reads the type only for fp16's grad scaler and fp8,
+    which a CPU plan never has): prepare() then runs accelerate's own FSDP2 path
+    (`_prepare_fsdp2`: fully_shard per family block, the embeddings, the root; the optimizer
+    moved onto the DTensor shards), and backward, no_sync (set_requires_gradient_sync),
+    DTensor-aware grad clipping and the full state dict of the export are accelerate's FSDP2
+    code too: what the CPU tests run is what a GPU cluster runs. Sharding by hand instead
+    would test our copy of accelerate's wrapping, not accelerate's.
+    FSDP2's fully_shard itself runs on gloo (its collectives are all-gather and
+    reduce-scatter on a CPU device mesh)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.NO:
+        return  # one process: nothing to shard over (accelerate does the same on one GPU)
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        raise RuntimeError(f"scale.strategy is fsdp on cpu but accelerate set up "
+                           f"{state.distributed_type.name}")
+    state.distributed_type = DistributedType.FSDP
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    # As state.py does at the end of AcceleratorState.__init__: every later AcceleratorState()
+    # copies PartialState's shared entries over its own.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def _log_process_group(device: torch.device) -> None:
@@ -103,6 +141,7 @@ class Trainer:
         # one DDP or FSDP start from. Encoder models fit in host memory.
         set_seed(plan.recipe.run.seed)
         self.tokenizer = build_tokenizer(plan.recipe.model)
+        plan = self.plan = _budget_steps(plan, self.task, self.tokenizer)
         model = build_model(plan.recipe.model, self.task)
         shape = flops.flop_shape(model) if bench else None
         # Packed micro batches: the pooler reads each example's [CLS] wherever it landed.
@@ -121,12 +160,15 @@ class Trainer:
         set_seed(plan.recipe.run.seed + self.rank)
         optimizer = build_optimizer(model, plan.recipe.optim)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if plan.recipe.scale.strategy == "fsdp" and self.world > 1:
+            self._check_sharded()
         # After prepare, on the torch optimizer that steps: ZeRO wraps it (and ZeRO-3 regroups
         # its parameters), and the schedule must set the learning rates of the groups it has.
         inner = self.optimizer.optimizer
         self.scheduler = build_scheduler(getattr(inner, "optimizer", inner), plan.recipe.optim,
                                          warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
         self.step, self.epoch = 0, 0
+        self.examples_run = 0
         self.position = data.Position()
         self.last_eval: Optional[dict] = None
         e = plan.recipe.eval
@@ -150,6 +192,21 @@ class Trainer:
         self.bench = bench
         self.timer = (StepTimer(warmup=bench["warmup_steps"], device=self.accelerator.device,
                                 shape=shape) if bench else None)
+
+    def _check_sharded(self) -> None:
+        """FSDP must have sharded the model, not wrapped it in DDP: say how (rank logs)."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        params = list(self.model.parameters())
+        if not units or not all(isinstance(p, DTensor) for p in params):
+            raise RuntimeError(f"scale.strategy is fsdp but accelerate prepared "
+                               f"{type(self.model).__name__} without sharding its parameters")
+        local = sum(p.to_local().numel() for p in params)
+        total = sum(p.numel() for p in params)
+        log.info("fsdp: %d units, this rank holds %d of %d parameter elements", len(units),
+                 local, total)
 
     def _resume(self) -> Optional[int]:
         """Restore everything from the newest intact checkpoint; its step, or None."""
@@ -229,7 +286,7 @@ class Trainer:
         device = acc.device
         window = self.window = LogWindow(device)
         if self.is_main and self.window_carried:
-            window.restore(self.window_carried, plan.global_batch // plan.micro_batch)
+            window.restore(self.window_carried, max(1, plan.global_batch // plan.micro_batch))
         start, start_step = time.perf_counter(), self.step
         final_loss = float("nan")
         progress = (LiveProgress(self.console, plan.total_steps, start_step=self.step)
@@ -242,8 +299,8 @@ class Trainer:
             while self.step < plan.total_steps:
                 # The whole step is read before its first backward: its loss is divided by
                 # the step's labelled units over all ranks (step_loss.py).
-                micro_batches = []
-                for _ in range(plan.grad_accum):
+                micro_batches, real = [], []
+                while True:
                     if timer:
                         timer.data_begin()
                     self.position, batch = next(batches)
@@ -254,10 +311,18 @@ class Trainer:
                         self.trace.write("".join(f"{self.step + 1}\t{i}\n" for i in batch["ids"]))
                     micro_batches.append({k: v.to(device, non_blocking=True)
                                           for k, v in batch["inputs"].items()})
-                    window.add_micro_batch(packing.token_mask(batch["inputs"]))
+                    real.append(not batch.get("pad", False))
+                    self.examples_run += len(batch["ids"])
+                    if real[-1]:
+                        window.add_micro_batch(packing.token_mask(batch["inputs"]),
+                                               examples=len(batch["ids"]))
+                    # A token budget's step has as many micro batches as its tokens need.
+                    if batch.get("last", len(micro_batches) == plan.grad_accum):
+                        break
                 window.add_step_loss(step_loss.train_step(
                     acc, self.model, self.optimizer, self.task, micro_batches, self.class_weights,
-                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm))
+                    pooler=self.pooler, max_grad_norm=plan.recipe.optim.max_grad_norm,
+                    real=real))
                 self.scheduler.step()
                 self.step += 1
                 window.steps += 1
@@ -357,7 +422,7 @@ class Trainer:
         record = {
             "step": self.step, "epoch": self.epoch, "loss": t["loss"],
             "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": t["steps"] * self.plan.global_batch / t["seconds"],
+            "samples_per_s": t["examples"] / t["seconds"],
             "tokens_per_s": t["tokens_per_s"], "padded_tokens_per_s": t["padded_tokens_per_s"],
         }
         if self.metrics:
@@ -420,12 +485,18 @@ class Trainer:
             self.tokenizer.save_pretrained(self.rd.final)
         self.accelerator.wait_for_everyone()
 
+    def _examples_run(self) -> float:
+        """Examples trained in this launch over all ranks (a collective)."""
+        local = torch.tensor(float(self.examples_run), dtype=torch.float64,
+                             device=self.accelerator.device)
+        return float(self.accelerator.reduce(local, reduction="sum"))
+
     def _summary(self, final_loss: float, train_time: float, steps_run: int) -> dict:
         summary = {
             "run_dir": str(self.rd.root), "steps": self.step, "world_size": self.world,
             "resumed_from": self.resumed_from,
             "final_loss": final_loss, "wall_time_s": train_time,
-            "samples_per_s": steps_run * self.plan.global_batch / max(train_time, 1e-9),
+            "samples_per_s": self._examples_run() / max(train_time, 1e-9),
             "eval": ({"examples": self.last_eval["examples"], "loss": self.last_eval["loss"],
                       **self.task.headline(self.last_eval)} if self.last_eval else {}),
         }
@@ -447,6 +518,30 @@ class Trainer:
             self.metrics.close(self.outcome or "failed")
         if self.trace:
             self.trace.close()
+
+
+def _budget_steps(plan: Plan, task, tokenizer) -> Plan:
+    """Under a token budget the plan's steps per epoch are an estimate (from a scan of the
+    text, before any tokenizer ran); with run.epochs the engine counts the real steps of
+    every epoch from the examples' token lengths (the same on every rank), so the schedule
+    ends where the last epoch does."""
+    if not plan.tokens_per_step:
+        return plan
+    d = plan.recipe.data
+    prepared = data.prepare(d.train, d.train_split, plan, task)
+    lengths = budget.lengths(prepared, task, tokenizer)
+    epochs = plan.recipe.run.epochs
+    counts = [budget.epoch_steps(lengths[data.epoch_order(len(lengths), plan.recipe.run.seed,
+                                                          e, d.shuffle)], plan.tokens_per_step)
+              for e in range(epochs or 1)]
+    log.info("token budget: %s steps in epoch(s) 0..%d (the plan estimated %s an epoch)",
+             counts, len(counts) - 1, plan.steps_per_epoch)
+    if epochs is None:
+        return plan
+    total = sum(counts)
+    return dataclasses.replace(plan, steps_per_epoch=counts[0], total_steps=total,
+                               warmup_steps=math.ceil(plan.recipe.optim.warmup_ratio * total),
+                               steps_estimated=False)
 
 
 def _truncate_logs(rd: RunDir, step: int) -> None:

@@ -23,7 +23,7 @@ class LogWindow:
         self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
         # Steps in `loss`: loss_steps trained here (on every rank), carried_steps from
         # before a resume (on the rank that restored them); `steps` is what was timed here.
-        self.loss_steps = self.tokens = self.padded_tokens = self.steps = 0
+        self.loss_steps = self.tokens = self.padded_tokens = self.steps = self.examples = 0
         self.carried_steps = 0.0
         self.start = time.perf_counter()
 
@@ -32,7 +32,8 @@ class LogWindow:
         self.loss += share.detach().double()
         self.loss_steps += 1
 
-    def add_micro_batch(self, attention_mask_cpu: torch.Tensor) -> None:
+    def add_micro_batch(self, attention_mask_cpu: torch.Tensor, examples: int = 0) -> None:
+        self.examples += examples
         self.tokens += int(attention_mask_cpu.sum())
         self.padded_tokens += attention_mask_cpu.numel()
 
@@ -66,9 +67,11 @@ class LogWindow:
     def totals(self, accelerator) -> dict[str, float]:
         """Sums over all ranks, and rates over this window's wall time (a collective)."""
         seconds = time.perf_counter() - self.start
-        counts = torch.tensor([self.carried_steps, self.tokens, self.padded_tokens],
-                              dtype=torch.float64, device=self.device)
+        counts = torch.tensor([self.carried_steps, self.tokens, self.padded_tokens,
+                               self.examples], dtype=torch.float64, device=self.device)
         local = torch.cat([self.loss.view(1), counts])
-        loss, carried, tokens, padded = accelerator.reduce(local, reduction="sum").tolist()
+        loss, carried, tokens, padded, examples = accelerator.reduce(local,
+                                                                     reduction="sum").tolist()
         return {"loss": loss / (self.loss_steps + carried), "seconds": seconds, "steps": self.steps,
+                "examples": examples,
                 "tokens_per_s": tokens / seconds, "padded_tokens_per_s": padded / seconds}

@@ -30,7 +30,7 @@ from rich.console import Console
 
 from launcher import plan as plan_mod
 from launcher import resume
-from launcher.engine import trackers
+from launcher.engine import device, trackers
 from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
@@ -49,16 +49,8 @@ class LocalExecutor:
                               "machine", "use --nodes 1 here, or render the plan for a cluster "
                               "with `python -m launcher render`")
         trackers.check(plan)
-        if plan.device == "cuda":
-            # What the engine would refuse on every rank, said before anything starts.
-            import torch
-            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if have < plan.procs_per_node:
-                raise RecipeError("scale.device", f"is cuda ({plan.sources.get('scale.device')})"
-                                  f" but this machine has {have} CUDA device(s) for "
-                                  f"{plan.procs_per_node} process(es) (CUDA_VISIBLE_DEVICES="
-                                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})",
-                                  "set scale.device=cpu, or run on a machine with the GPUs")
+        # What the engine would refuse on every rank, said before anything starts.
+        device.refuse_here(plan, plan.procs_per_node)
         return resume.check(plan)
 
     def prepare(self, plan: Plan) -> Path:

@@ -56,6 +56,13 @@ class Plan:
     # cuda plan on a node without the GPUs instead of falling back to CPU). Plans written
     # before scale.device existed read as "cpu".
     device: str = "cpu"
+    # Token budgets (scale.tokens_per_step): real tokens per step and the most tokens of one
+    # micro batch; then global_batch is 0 (examples per step vary) and grad_accum 1 (the
+    # engine accumulates over each step's micro batches itself), and steps_per_epoch and
+    # total_steps are estimates (steps_estimated) unless run.max_steps set the total.
+    tokens_per_step: Optional[int] = None
+    micro_tokens: Optional[int] = None
+    steps_estimated: bool = False
 
     @property
     def derived(self) -> dict[str, Any]:
@@ -98,7 +105,13 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
                           f"use one of {', '.join(task.metric_names)}")
     s, r = recipe.scale, recipe.run
     world = s.nodes * s.procs_per_node
-    grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
+    micro_tokens = _check_budget(recipe, task, world)
+    if micro_tokens is None:
+        grad_accum, global_batch = _batch(s.micro_batch, s.grad_accum, s.global_batch, world)
+    else:
+        grad_accum, global_batch = 1, 0
+        if s.micro_tokens is None:
+            sources["scale.micro_tokens"] = "derived: scale.micro_batch x data.max_length"
     sources["scale.grad_accum"] = sources["scale.grad_accum"] if s.grad_accum else "derived"
     sources["scale.global_batch"] = sources["scale.global_batch"] if s.global_batch else "derived"
     device, why = _device(recipe)
@@ -121,7 +134,9 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
     if weights == "balanced":
         weights = balanced_weights(task, checks["train"]) if "train" in checks else None
     steps_per_epoch = None
-    if train_examples is not None:
+    if micro_tokens is not None:
+        steps_per_epoch = _budget_steps_estimate(recipe, checks.get("train"))
+    elif train_examples is not None:
         # The last partial global batch of an epoch is dropped so every rank runs the same
         # number of steps without agreeing on it at run time.
         steps_per_epoch = train_examples // global_batch
@@ -146,6 +161,8 @@ def _build(loaded: LoadedRecipe, run_dir: Optional[str]) -> Plan:
         data_checks={k: v.to_dict() for k, v in checks.items()},
         class_weights=list(weights) if weights is not None else None, sources=sources,
         device=device,
+        tokens_per_step=s.tokens_per_step, micro_tokens=micro_tokens,
+        steps_estimated=micro_tokens is not None and steps_per_epoch is not None,
     )
 
 
@@ -201,6 +218,80 @@ def _check_class_weights(recipe: Recipe, task: tasks.Task) -> None:
                               "use weights above 0")
 
 
+def _check_budget(recipe: Recipe, task: tasks.Task, world: int) -> Optional[int]:
+    """scale.tokens_per_step and scale.micro_tokens checked; the micro batch's token limit,
+    or None without a token budget."""
+    s, d = recipe.scale, recipe.data
+    budget = s.tokens_per_step
+    if budget is None:
+        if s.micro_tokens is not None:
+            raise RecipeError("scale.micro_tokens", "is set but scale.tokens_per_step is not "
+                              "(it limits the micro batches of a token budget)",
+                              "set scale.tokens_per_step=N as well, or remove scale.micro_tokens")
+        return None
+    fixed = [f for f, v in (("scale.global_batch", s.global_batch),
+                            ("scale.grad_accum", s.grad_accum)) if v is not None]
+    if fixed:
+        raise RecipeError("scale.tokens_per_step", f"and {' and '.join(fixed)} are both set: a "
+                          "step is either a token budget or a number of examples",
+                          f"remove {' and '.join(fixed)} (set it to none), or remove "
+                          "scale.tokens_per_step")
+    if d.streaming:
+        raise RecipeError("scale.tokens_per_step", "needs every example's token length before "
+                          "an epoch starts, which a stream (data.streaming=true) does not give",
+                          "set data.streaming=false (the split is prepared as Arrow), or use "
+                          "scale.global_batch")
+    if task.type == "question_answering":
+        raise RecipeError("scale.tokens_per_step", "is not supported for question_answering "
+                          "(an example is several windows)", "use scale.global_batch")
+    if s.strategy.startswith("zero"):
+        raise RecipeError("scale.tokens_per_step", f"is not supported with scale.strategy="
+                          f"{s.strategy}: DeepSpeed accumulates a fixed number of micro "
+                          "batches per step", "use scale.strategy=ddp or fsdp, or "
+                          "scale.global_batch")
+    if budget < d.max_length:
+        raise RecipeError("scale.tokens_per_step", f"is {budget}, less than data.max_length="
+                          f"{d.max_length}: an example that long would fit in no step",
+                          f"set scale.tokens_per_step to {d.max_length} or more (e.g. "
+                          f"{max(d.max_length, 64) * 32 * world})")
+    micro = s.micro_tokens if s.micro_tokens is not None else s.micro_batch * d.max_length
+    rows_multiple = 4 if s.compile != "off" else 1
+    floor = _micro_floor(d.max_length, d.pad_to_multiple_of or 1, d.packing, rows_multiple)
+    if micro < floor:
+        how = (f"{rows_multiple} packed row(s) of data.max_length={d.max_length}" if d.packing
+               else f"data.max_length={d.max_length} padded to a multiple of "
+                    f"{d.pad_to_multiple_of or 1}")
+        raise RecipeError("scale.micro_tokens", f"is {micro} but a micro batch of one "
+                          f"example takes up to {floor} tokens ({how})",
+                          f"set scale.micro_tokens to {floor} or more, or lower data.max_length")
+    return micro
+
+
+def _micro_floor(max_length: int, pad_multiple: int, packing: bool, rows_multiple: int) -> int:
+    # The same arithmetic as engine/budget.micro_cost_floor (planning does not import torch).
+    if packing:
+        return rows_multiple * max_length
+    return -(-max_length // pad_multiple) * pad_multiple
+
+
+def _budget_steps_estimate(recipe: Recipe, checked: Optional[Scan]) -> Optional[int]:
+    """Steps per epoch under a token budget, estimated from the scan's word count (about 1.3
+    tokens a word, plus the special tokens, at most data.max_length an example): an
+    estimate, the engine counts the real steps from the tokenized examples."""
+    r = recipe.run
+    if checked is None:
+        if r.epochs is not None:
+            raise RecipeError("scale.tokens_per_step", "with run.epochs needs a local "
+                              "data.train to estimate steps per epoch from its text",
+                              "use run.max_steps with a hub dataset")
+        return None
+    if not checked.usable:
+        return None
+    mean = checked.tokens_estimate / checked.usable
+    per_step = max(mean, recipe.scale.tokens_per_step - mean / 2)
+    return max(1, math.ceil(checked.tokens_estimate / per_step))
+
+
 def _batch(micro: int, accum: Optional[int], global_batch: Optional[int], world: int) -> tuple[int, int]:
     per_step = micro * world
     if global_batch is None:
@@ -239,6 +330,20 @@ def _sources(recipe: Recipe, task: tasks.Task) -> tuple[src_mod.Source, Optional
 def local_columns(field: str, src: src_mod.Source) -> set:
     """The columns of a local data file named by `field`, every line read; one-line errors for
     a directory, a missing file, a type the engine does not read, or a malformed line."""
+    if src_mod.is_pattern(src.name) and not src.files:
+        raise RecipeError(field, f"no file matches {src.name}",
+                          "fix the pattern (relative paths start at the current directory)")
+    if len(src.files) > 1:
+        import dataclasses
+
+        have = [local_columns(field, dataclasses.replace(src, name=str(f), path=f, files=(f,)))
+                for f in src.files]
+        for f, cols in zip(src.files, have):
+            if cols != have[0]:
+                raise RecipeError(field, f"{f} has columns {', '.join(sorted(cols))} but "
+                                  f"{src.files[0]} has {', '.join(sorted(have[0]))}",
+                                  f"give {src.name} files of one set of columns")
+        return have[0]
     if src.path.is_dir():
         raise RecipeError(field, f"{src.name} is a directory, not a data file",
                           "name one .jsonl/.json/.csv/.parquet file")

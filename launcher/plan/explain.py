@@ -23,6 +23,12 @@ def explain(plan: Plan, console: Console) -> None:
             value = plan.derived.get(f.name) if derived else getattr(section, f.name)
             table.add_row(key, repr(value), plan.sources.get(key, "default"))
     for key, value in plan.derived.items():
-        table.add_row(f"plan.{key}", repr(value), "derived")
+        how = "derived"
+        if plan.steps_estimated and key in ("steps_per_epoch", "total_steps", "warmup_steps"):
+            how = ("estimate: from a word count of data.train; the engine counts the real "
+                   "steps from the token lengths")
+            if key != "steps_per_epoch" and plan.recipe.run.epochs is None:
+                how = "derived"
+        table.add_row(f"plan.{key}", repr(value), how)
     table.add_row("plan.run_dir", plan.run_dir, "derived")
     console.print(table)

@@ -8,6 +8,7 @@ counts feed `task.class_weights='balanced'`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -24,6 +25,9 @@ class Scan:
     empty: int = 0
     empty_examples: list[int] = field(default_factory=list)  # first few, 0-based
     label_counts: list[int] = field(default_factory=list)
+    # tokens of the non-empty rows, estimated from their words (scale.tokens_per_step's
+    # steps per epoch): about 1.3 a word plus [CLS]/[SEP], at most data.max_length a row
+    tokens_estimate: int = 0
 
     @property
     def usable(self) -> int:
@@ -75,6 +79,18 @@ def _check(task: Task, src: sources.Source, row: dict, index: int, result: Scan)
         raise RecipeError(err.field, f"in {src.name}, {err.problem}", err.fix) from None
     for i in ids:
         result.label_counts[i] += 1
+    result.tokens_estimate += _tokens_estimate(task, row)
+
+
+def _tokens_estimate(task: Task, row: dict) -> int:
+    words, texts = 0, 0
+    for col in (task.cols.text, task.cols.pair):
+        value = row.get(col) if col else None
+        if value is None:
+            continue
+        texts += 1
+        words += len(value) if isinstance(value, (list, tuple)) else len(str(value).split())
+    return min(task.data.max_length, math.ceil(1.3 * words) + texts + 1)
 
 
 def balanced_weights(task: Task, train: Scan) -> list[float]:

@@ -114,6 +114,13 @@ class ScaleConfig:
     grad_accum: Optional[int] = option(None, "micro batches per optimizer step; derived from "
                                              "global_batch when that is set, else 1")
     global_batch: Optional[int] = option(None, "examples per optimizer step over all ranks")
+    tokens_per_step: Optional[int] = option(
+        None, "token budget instead of global_batch: each optimizer step takes examples in "
+              "the epoch's order until their real (unpadded) tokens over all ranks would pass "
+              "this; prepared data only, not ZeRO")
+    micro_tokens: Optional[int] = option(
+        None, "with tokens_per_step: most tokens of one rank's micro batch, padding counted "
+              "(data.packing: packed rows x max_length); default micro_batch x max_length")
     compile: Literal[COMPILE_MODES] = option(
         "off", "torch.compile the model (ddp): 'default', 'reduce-overhead' (CUDA graphs: "
                "fewer kernel launches, the cost that dominates small batches) or "

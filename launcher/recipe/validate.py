@@ -82,6 +82,8 @@ def validate(recipe: Recipe) -> None:
                     ("data.shuffle_window", d.shuffle_window), ("scale.nodes", s.nodes),
                     ("scale.procs_per_node", s.procs_per_node), ("scale.micro_batch", s.micro_batch),
                     ("scale.grad_accum", s.grad_accum), ("scale.global_batch", s.global_batch),
+                    ("scale.tokens_per_step", s.tokens_per_step),
+                    ("scale.micro_tokens", s.micro_tokens),
                     ("scale.timeout_s", s.timeout_s),
                     ("checkpoint.keep_last", c.keep_last), ("checkpoint.grace_s", c.grace_s),
                     ("eval.micro_batch", e.micro_batch),

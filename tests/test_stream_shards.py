@@ -1,0 +1,207 @@
+"""A window-shuffled stream of several shards (files given as a pattern; hub data files alike):
+with at least world x workers shards each rank and DataLoader worker reads only its own shards,
+and resumes exactly; with fewer, every rank reads the whole stream and its log says so.
+
+The shards look like a real split written in parts: label-sorted, imbalanced (one class is
+mostly missing), of uneven sizes, with a few empty texts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, decoded_per_epoch, launcher
+from launcher import plan as plan_mod
+from launcher import tasks
+from launcher.engine import data
+from launcher.engine.model import build_tokenizer
+from launcher.recipe.load import load
+from launcher.run_dir import RunDir
+
+SORTED = REPO / "data/tiny_news/train_sorted.jsonl"
+SIZES = (260, 180, 300, 220, 240, 200)  # rows per shard: uneven, as parts of a real split
+
+
+def write_shards(where: Path, sizes=SIZES) -> str:
+    """Consecutive parts of the label-sorted file, label 3 mostly dropped, every 97th text
+    empty; the pattern that names them."""
+    rows = [json.loads(line) for line in SORTED.read_text().splitlines()]
+    rows = [r for i, r in enumerate(rows) if r["label"] != 3 or i % 10 == 0]
+    where.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for s, n in enumerate(sizes):
+        part = rows[start:start + n]
+        for i, r in enumerate(part):
+            if (start + i) % 97 == 0:
+                r["text"] = ""
+        (where / f"part-{s:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        start += n
+    return str(where / "part-*.jsonl")
+
+
+def _plan(pattern: str, *extra: str):
+    return plan_mod.build(load(TINY, [f"data.train={pattern}", "data.streaming=true",
+                                      "data.shuffle_window=64", "data.eval=None",
+                                      "scale.micro_batch=4", "scale.global_batch=16",
+                                      "run.epochs=1", *extra]))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    pattern = write_shards(tmp_path_factory.mktemp("shards"))
+    plan = _plan(pattern)
+    task = tasks.for_recipe(plan.recipe)
+    return pattern, plan, task, build_tokenizer(plan.recipe.model)
+
+
+def _take(shards, plan, rank, world, start, count):
+    _, _, task, tokenizer = shards
+    stream = data.train_batches(plan, task, tokenizer, rank=rank, world=world, start=start)
+    got = [next(stream) for _ in range(count)]
+    return got[-1][0], [b["index"] for _, b in got]
+
+
+def test_each_rank_and_worker_reads_only_its_own_shards_and_resumes_exactly(shards, caplog):
+    """6 shards, 2 ranks x 2 workers: 4 readers, each its own shards of the epoch's order.
+    A stream started from the position after 5 micro batches (odd: the other worker goes on
+    first) gives each rank the very micro batches an uninterrupted one gives it."""
+    pattern, _, task, tokenizer = shards
+    plan = _plan(pattern, "data.num_workers=2")
+    rows = data.open_source(plan.recipe.data.train, "train", plan)
+    assert rows.n_shards == 6
+    caplog.set_level(logging.INFO, logger="launcher.engine")
+    whole = {}
+    for rank in (0, 1):
+        pos, whole[rank] = _take(shards, plan, rank, 2, data.Position(), 12)
+        assert pos == data.Position(epoch=0, examples=12 * 8, readers=4)
+        for j, batch in enumerate(whole[rank]):
+            reader = rank * 2 + j % 2
+            own = data.reader_shards(6, 42, 0, 4, reader)
+            assert {i >> 32 for i in batch} <= set(own), (rank, j, own)
+    lines = [r.getMessage() for r in caplog.records if "shards >=" in r.getMessage()]
+    assert lines and "6 shards >= 2 ranks x 2 workers: each worker of rank 0 reads only " \
+        "its own shards" in lines[0]
+    seen = [i for rank in (0, 1) for b in whole[rank] for i in b]
+    assert len(seen) == len(set(seen))  # no example twice within the epoch
+    # shuffled: not file order within a shard
+    assert any(b != sorted(b) for b in whole[0])
+    for rank in (0, 1):
+        later = _take(shards, plan, rank, 2, data.Position(examples=5 * 8, readers=4), 7)[1]
+        assert later == whole[rank][5:]
+    # another split of the shards mid-epoch would be another order: one line says so
+    with pytest.raises(data.DataError, match="resume with the ranks and data.num_workers it "
+                                             "was saved with"):
+        _take(shards, plan, 0, 3, data.Position(examples=48, readers=4), 1)
+
+
+def test_a_rank_decodes_about_its_share_of_the_rows(shards, caplog):
+    """The rows counter each rank logs at an epoch's end: with 2 readers over 6 shards, one
+    rank reads about rows / 2 rows in an epoch (its shards), where 1 rank reads them all."""
+    import re
+
+    pattern, plan, task, tokenizer = shards
+    rows = sum(SIZES)
+    caplog.set_level(logging.INFO, logger="launcher.engine")
+    read = {}
+    for rank, world in ((0, 2), (1, 2), (0, 1)):
+        caplog.clear()
+        stream = data.train_batches(plan, task, tokenizer, rank=rank, world=world)
+        for _ in range(plan.steps_per_epoch * plan.global_batch // world // plan.micro_batch):
+            next(stream)
+        found = [re.search(r"epoch 0: this rank decoded (\d+) rows", r.getMessage())
+                 for r in caplog.records]
+        read[rank, world] = [int(m[1]) for m in found if m][0]
+    assert all(rows * 0.35 < read[r, 2] < rows * 0.65 for r in (0, 1)), read
+    assert read[0, 1] > rows * 0.95, read
+
+
+def test_fewer_shards_than_readers_reads_the_whole_stream_and_says_so(tmp_path, caplog):
+    pattern = write_shards(tmp_path / "three", sizes=(300, 250, 200))
+    plan = _plan(pattern, "data.num_workers=2")
+    task = tasks.for_recipe(plan.recipe)
+    caplog.set_level(logging.INFO, logger="launcher.engine")
+    pos, _ = _take((None, None, task, build_tokenizer(plan.recipe.model)), plan, 1, 2,
+                   data.Position(), 2)
+    assert pos.readers == 0 and pos.offset > 0
+    assert any("data: " + pattern + ": 3 shards < 2 ranks x 2 workers: every rank reads the "
+               "whole stream and keeps its 1/2" in r.getMessage() for r in caplog.records)
+
+
+def test_two_ranks_read_their_own_shards(tmp_path):
+    """One 2-rank launch on 6 shards: each rank logs that it reads only its shards and
+    decodes about half of the rows an epoch."""
+    sizes = tuple(n // 4 for n in SIZES)
+    pattern = write_shards(tmp_path / "parts", sizes)
+    out = RunDir(tmp_path / "run")
+    proc = launcher("run", TINY, f"data.train={pattern}", "data.streaming=true",
+                    "data.shuffle_window=32", "data.eval=None", "scale.micro_batch=8",
+                    "scale.global_batch=16", "run.epochs=1", "--nproc-per-node", "2",
+                    f"run.output_dir={out.root}", "checkpoint.every=0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = {p.stem: p.read_text() for p in out.logs.glob("rank*.log")}
+    for rank in (0, 1):
+        assert f"each worker of rank {rank} reads only its own shards" in logs[f"rank{rank}"]
+    counts = decoded_per_epoch(out)
+    rows = sum(sizes)
+    assert [c[:2] for c in counts] == [(0, 0), (1, 0)]
+    assert all(rows * 0.3 < c[2] < rows * 0.7 for c in counts), counts
+
+
+def test_an_unsharded_epoch_goes_on_unsharded_after_a_resume_on_more_ranks(shards):
+    """A 1-rank checkpoint read the whole stream; resumed on 2 ranks with 6 shards, the rest
+    of that epoch is still the whole stream's (exact: the 2 ranks train what 1 would have),
+    and the next epoch splits the shards."""
+    _, plan, _, _ = shards
+    pos, one = _take(shards, plan, 0, 1, data.Position(), 8)
+    assert pos.readers == 0
+    start = _take(shards, plan, 0, 1, data.Position(), 4)[0]
+    two = [_take(shards, plan, r, 2, start, 2)[1] for r in (0, 1)]
+    assert sorted(sum(two[0] + two[1], [])) == sorted(sum(one[4:], []))
+    per_rank = plan.steps_per_epoch * plan.global_batch // 8
+    end, _ = _take(shards, plan, 0, 2, start, per_rank - 2 + 1)
+    assert end.epoch == 1 and end.readers == 2
+
+
+def test_a_pattern_of_files_is_checked_before_launch(tmp_path):
+    from launcher.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="no file matches"):
+        _plan(str(tmp_path / "none-*.jsonl"))
+    pattern = write_shards(tmp_path / "mixed", sizes=(40, 40))
+    (tmp_path / "mixed" / "part-09.jsonl").write_text('{"body": "x", "label": 1}\n')
+    with pytest.raises(RecipeError, match="part-09.jsonl has columns body, label but"):
+        _plan(pattern)
+
+
+def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards, tmp_path,
+                                                                          capsys):
+    """A checkpoint of 2 ranks x 2 workers, mid-epoch, each reading its own shards: on 3
+    ranks the order would be another one; one line says how to resume it."""
+    from launcher import checkpoints, cli
+
+    pattern, _, task, _ = shards
+    args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=64",
+            "data.eval=None", "scale.micro_batch=4", "scale.global_batch=24",
+            "data.num_workers=2", "run.epochs=1"]
+    plan = plan_mod.build(load(TINY, [*args, "scale.procs_per_node=2"]))
+    rd = RunDir(tmp_path / "run")
+    step = rd.checkpoint(3)
+    step.mkdir(parents=True)
+    state = {"step": 3, "epoch": 0, "world_size": 2, "global_batch": 24,
+             "position": data.Position(examples=72, readers=4).to_dict(),
+             "data_order": checkpoints.data_order(plan.recipe),
+             "fingerprint": checkpoints.fingerprint(plan.recipe, task.labels)}
+    (step / checkpoints.STATE).write_text(json.dumps(state))
+    checkpoints.write_manifest(step, 3, checkpoints.describe([step / checkpoints.STATE], step))
+    (rd.checkpoints / "LATEST").write_text(step.name)
+    run = ["run", str(TINY), *args, f"run.output_dir={rd.root}", "--dry-run"]
+    assert cli.main([*run, "--nproc-per-node", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 ranks x 2 workers each read their own" in err[0] and \
+        "resume on 2 ranks with data.num_workers=2" in err[0], err
+    assert cli.main([*run, "--nproc-per-node", "2"]) == 0
+    assert "from step 3" in capsys.readouterr().out
