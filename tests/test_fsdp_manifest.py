@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import TINY, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from test_strategies import assert_sharded_by_fsdp
-from launcher.engine.checkpoint import model_weights
+from launcher.checkpoint.sharded import model_weights
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 

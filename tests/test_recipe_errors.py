@@ -1,6 +1,8 @@
 """A bad recipe, override or flag: exit 2, one line naming the field with a fix, nothing written.
 
-Every case runs the real CLI (`python -m launcher render ...`) in a subprocess, as a user would.
+Every case runs the real CLI entry point (`launcher.cli.main(["render", ...])`) in-process, as
+`python -m launcher` calls it; two tests run it in a real process to show end to end that a
+refusal leaves no traceback and exits with status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from conftest import REPO, TINY, cli_env, launcher
 
 def _render(recipe: Path | str, *args: str, out: Path) -> subprocess.CompletedProcess:
     return launcher("render", recipe, *args, "--out", out, timeout=120)
+
+
+@pytest.fixture
+def render(cli):
+    """`python -m launcher render ...` in this process (conftest.cli)."""
+    return lambda recipe, *args, out: cli("render", recipe, *args, "--out", out)
 
 
 # --- malformed recipe files --------------------------------------------------------------------
@@ -162,8 +170,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("recipe, overrides, field, contains", CASES)
-def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(tmp_path, recipe, overrides, field,
-                                                          contains):
+def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(render, tmp_path, recipe, overrides,
+                                                          field, contains):
     if isinstance(recipe, tuple) and recipe[0] == "file":
         path = tmp_path / "bad_recipe.py"
         path.write_text(recipe[1])
@@ -172,7 +180,7 @@ def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(tmp_path, recipe, over
     else:
         path = recipe
     out = tmp_path / "plan"
-    proc = _render(path, *overrides, out=out)
+    proc = render(path, *overrides, out=out)
     shown = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, shown
     assert "Traceback" not in proc.stdout + proc.stderr, shown
@@ -189,18 +197,18 @@ def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(tmp_path, recipe, over
     assert not out.exists() or not any(out.iterdir()), shown
 
 
-def test_fix_suggests_the_misspelled_field(tmp_path):
+def test_fix_suggests_the_misspelled_field(render, tmp_path):
     path = tmp_path / "typo.py"
     path.write_text(recipe_source(scale="ScaleConfig(micro_bach=4)"))
-    proc = _render(path, out=tmp_path / "plan")
+    proc = render(path, out=tmp_path / "plan")
     assert "did you mean 'micro_batch'?" in proc.stderr
     # ...and says where in the file: `<path>:<line>: scale.micro_bach: ...`
     assert f"{path}:" in proc.stderr
 
 
-def test_valid_override_renders_and_is_explained_as_cli_override(tmp_path):
+def test_valid_override_renders_and_is_explained_as_cli_override(render, tmp_path):
     out = tmp_path / "plan"
-    proc = _render(TINY, "optim.lr=3e-5", "scale.micro_batch=16", "--explain", out=out)
+    proc = render(TINY, "optim.lr=3e-5", "scale.micro_batch=16", "--explain", out=out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not proc.stderr.strip(), proc.stderr
     plan = json.loads((out / "plan.json").read_text())
@@ -237,8 +245,32 @@ def test_render_does_not_import_torch(tmp_path):
     assert "HEAVY []" in proc.stdout, proc.stdout
 
 
-def test_bad_flag_is_one_line_exit_2(tmp_path):
-    proc = _render(TINY, "--nodes", "abc", out=tmp_path / "plan")
+@pytest.mark.parametrize("how", ["in-process", "subprocess"])
+def test_bad_flag_is_one_line_exit_2(render, tmp_path, how):
+    proc = (render if how == "in-process" else _render)(TINY, "--nodes", "abc",
+                                                          out=tmp_path / "plan")
     assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--nodes" in lines[0] and "Fix:" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("recipe, overrides, field, contains", [
+    c for c in CASES if c.id in ("file-raises", "label-column-absent")])
+def test_refusal_in_a_real_process_is_one_line_exit_2(tmp_path, recipe, overrides, field,
+                                                       contains):
+    """End to end, as a user runs it: `python -m launcher render` exits 2 with one line and no
+    traceback (an error raised while importing the recipe; one found reading the data)."""
+    if isinstance(recipe, tuple):
+        recipe = tmp_path / "bad_recipe.py"
+        recipe.write_text(CASES[[c.id for c in CASES].index("file-raises")].values[0][1])
+    out = tmp_path / "plan"
+    proc = _render(recipe, *overrides, out=out)
+    shown = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 2, shown
+    assert "Traceback" not in proc.stdout + proc.stderr, shown
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix:" in lines[0], shown
+    assert re.search(rf"(^|\s){re.escape(field)}: ", lines[0]), shown
+    assert all(text in lines[0] for text in contains), shown
+    assert not proc.stdout.strip() and (not out.exists() or not any(out.iterdir())), shown

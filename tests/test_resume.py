@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,27 +61,53 @@ def reference(tmp_path_factory) -> RunDir:
     return RunDir(out)
 
 
-# A signal on one rank is agreed one step later, when every rank saves: these land the save
-# just before a periodic checkpoint (9), right after one (11), on the epoch's last step (62),
-# and somewhere else.
-STOPS = [8, 10, 61, random.Random().randint(2, 68)]
+def stopped(tmp_path_factory, name: str, *extra: str, fault: str) -> Path:
+    """A run stopped by `fault` (exit 75), made once per module; tests resume copies of it."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    proc = run(out, *extra, fault=fault)
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
 
 
-@pytest.mark.parametrize("signal_step", STOPS, ids=[f"signal-at-{s}" for s in STOPS])
-def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference, signal_step):
+def copy_of(stopped_run: Path, tmp_path: Path) -> Path:
     out = tmp_path / "run"
-    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
+    shutil.copytree(stopped_run, out)
+    return out
+
+
+# A signal on one rank is agreed one step later, when every rank saves: these land the save
+# just before a periodic checkpoint (9), right after one (11) and on the epoch's last step (62);
+# test_run_into_a_preempted_directory_resumes_it stops somewhere else.
+STOPS = [8, 10, 61]
+# Somewhere else: drawn once, from a fixed seed, so the test ids are the same at every collection.
+ELSEWHERE = random.Random(18).randint(2, 68)
+
+
+def _assert_preempted(out: Path, first, signal_step: int) -> None:
     assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
     rd = RunDir(out)
     saved = signal_step + 1
     assert json.loads((out / "preempted.json").read_text())["step"] == saved
     assert rd.latest() == rd.checkpoint(saved)
     assert "launcher resume" in first.stdout
-    second = run(out, command="resume")
+
+
+def _assert_continued(out: Path, second, signal_step: int, reference) -> None:
+    rd = RunDir(out)
+    saved = signal_step + 1
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"from step {saved}" in second.stdout
     assert json.loads(rd.summary.read_text())["resumed_from"] == saved
     assert_same_run(rd, reference)
+
+
+@pytest.mark.parametrize("signal_step", STOPS, ids=[f"signal-at-{s}" for s in STOPS])
+def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference, signal_step):
+    out = tmp_path / "run"
+    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
+    _assert_preempted(out, first, signal_step)
+    second = run(out, command="resume")
+    _assert_continued(out, second, signal_step, reference)
 
 
 def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path, reference):
@@ -131,13 +158,16 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.fixture(scope="module")
+def stopped_at_24(tmp_path_factory) -> Path:
+    return stopped(tmp_path_factory, "stopped-at-24", fault="at=step,step=23,rank=0,do=TERM")
+
+
 @pytest.mark.parametrize("damage", [_truncate, _flip_byte], ids=["truncated", "byte-flipped"])
 def test_damaged_shard_is_caught_by_the_manifest_and_the_run_falls_back(tmp_path, reference,
-                                                                         damage):
-    out = tmp_path / "run"
+                                                                         stopped_at_24, damage):
+    out = copy_of(stopped_at_24, tmp_path)
     rd = RunDir(out)
-    first = run(out, fault="at=step,step=23,rank=0,do=TERM")
-    assert first.returncode == 75, first.stderr[-3000:]
     assert rd.latest() == rd.checkpoint(24)
     shard = rd.checkpoint(24) / "dcp" / "__1_0.distcp"
     damage(shard)
@@ -157,17 +187,24 @@ def _ledger(rd: RunDir, step: int | None = None) -> list[str]:
     return ids
 
 
+# global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 41 steps
+ONE_EPOCH_OF_96 = ["run.max_steps=None", "run.epochs=1", "scale.micro_batch=16",
+                   "scale.global_batch=96", "run.trace_examples=true"]
+
+
+@pytest.fixture(scope="module")
+def epoch_stopped_at_17(tmp_path_factory) -> Path:
+    return stopped(tmp_path_factory, "epoch-stopped-at-17", *ONE_EPOCH_OF_96,
+                   fault="at=step,step=16,rank=1,do=USR1")
+
+
 @pytest.mark.parametrize("world", [1, 3])
-def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world):
+def test_resume_on_another_world_size_trains_every_example_once(tmp_path, epoch_stopped_at_17,
+                                                                 world):
     """2 ranks, preempted, then 1 or 3: the epoch's examples (shuffled) are each trained
     exactly once, and each rank decodes only its own rows."""
-    out = tmp_path / "run"
+    out = copy_of(epoch_stopped_at_17, tmp_path)
     rd = RunDir(out)
-    # global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 41 steps
-    extra = ["run.max_steps=None", "run.epochs=1", "scale.micro_batch=16",
-             "scale.global_batch=96", "run.trace_examples=true"]
-    first = run(out, *extra, fault="at=step,step=16,rank=1,do=USR1")
-    assert first.returncode == 75, first.stderr[-3000:]
     second = run(out, "--nproc-per-node", str(world), command="resume")
     assert second.returncode == 0, second.stderr[-3000:]
     plan = json.loads((rd.plan / "plan.json").read_text())
@@ -186,44 +223,54 @@ def test_resume_on_another_world_size_trains_every_example_once(tmp_path, world)
     assert_manifest_is_what_each_rank_wrote(rd.latest(), world=world, strategy="ddp")
 
 
-def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path):
-    out = tmp_path / "run"
-    first = run(out, fault="at=step,step=3,rank=0,do=TERM")
-    assert first.returncode == 75
+@pytest.fixture(scope="module")
+def stopped_at_4(tmp_path_factory) -> Path:
+    return stopped(tmp_path_factory, "stopped-at-4", fault="at=step,step=3,rank=0,do=TERM")
+
+
+def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path, stopped_at_4,
+                                                                       cli):
+    out = copy_of(stopped_at_4, tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
-    proc = run(out, "--nproc-per-node", "3", command="resume")
+    proc = cli("resume", out, "--nproc-per-node", "3")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--nproc-per-node" in proc.stderr and "among [1, 2]" in proc.stderr
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
 
 
-def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path):
-    out = tmp_path / "run"
-    assert run(out, fault="at=step,step=3,rank=0,do=TERM").returncode == 75
+def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, stopped_at_4, cli):
+    out = copy_of(stopped_at_4, tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
-    proc = launcher("run", TINY, f"run.output_dir={out}",
-                    "task.labels=['World','Sports','Business','Science']")
+    proc = cli("run", TINY, f"run.output_dir={out}",
+               "task.labels=['World','Sports','Business','Science']")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "task.labels was ['World', 'Sports', 'Business', 'Sci/Tech']" in proc.stderr
-    proc = launcher("run", TINY, f"run.output_dir={out}", "model.head_hidden=16")
+    proc = cli("run", TINY, f"run.output_dir={out}", "model.head_hidden=16")
     assert proc.returncode == 2 and "model.head_hidden was None" in proc.stderr
-    proc = launcher("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
+    proc = cli("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
     assert proc.returncode == 2 and "scale.global_batch=64" in proc.stderr
     # the saved position counts examples of a shuffled order: not of another order
-    proc = launcher("run", TINY, f"run.output_dir={out}", "data.shuffle=false")
+    proc = cli("run", TINY, f"run.output_dir={out}", "data.shuffle=false")
     assert proc.returncode == 2 and "data.shuffle was True" in proc.stderr
-    proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    proc = cli("run", TINY, f"run.output_dir={out}", "run.seed=7")
     assert proc.returncode == 2 and "run.seed was 42" in proc.stderr
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
+    # ... and as a user meets it, from a real process: exit 2, no traceback.
+    proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "run.seed was 42" in proc.stderr
 
 
-def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference):
+@pytest.mark.parametrize("signal_step", [ELSEWHERE], ids=[f"signal-at-{ELSEWHERE}"])
+def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference, signal_step):
+    """`launcher run` again into the preempted directory goes on like `launcher resume`: the
+    fourth stop of test_preempted_and_resumed_run_matches_an_uninterrupted_one, continued by
+    `run` (one launch pair for both checks)."""
     out = tmp_path / "run"
-    assert run(out, fault="at=step,step=40,rank=0,do=TERM").returncode == 75
+    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
+    _assert_preempted(out, first, signal_step)
     again = run(out)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "from step 41" in again.stdout
-    assert_same_run(RunDir(out), reference)
+    _assert_continued(out, again, signal_step, reference)
 
 
 def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path):

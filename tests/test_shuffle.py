@@ -208,7 +208,7 @@ def _old_run_dir(root) -> RunDir:
     """A run directory as a launcher from before data.shuffle left it: its plan.json has no
     data.shuffle (it read every epoch in file order, streamed) and its checkpoint at step 5
     no data_order; position (epoch, row, examples)."""
-    from launcher.checkpoint import store
+    from launcher.checkpoint import compat, store
 
     rd = RunDir(root)
     plan = plan_mod.build(load(TINY, ["data.streaming=true", "data.shuffle=false"]),
@@ -264,7 +264,7 @@ def test_an_old_checkpoint_without_a_data_order_goes_on_in_file_order_and_says_s
 
 
 def _rewrite_state(step, state) -> None:
-    from launcher.checkpoint import store
+    from launcher.checkpoint import compat, store
 
     (step / store.STATE).write_text(json.dumps(state))
     store.write_manifest(step, 5, store.describe([step / store.STATE], step))

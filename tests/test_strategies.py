@@ -80,7 +80,7 @@ def _assert_own_format(ckpt: Path, strategy: str) -> None:
 def assert_sharded_by_fsdp(ckpt: Path, world: int) -> None:
     """Every weight of the model is in the DCP checkpoint as `world` row blocks, one per rank
     (DDP writes each as one whole tensor), and every rank logged its share of the elements."""
-    from launcher.engine.checkpoint import _SafeReader
+    from launcher.checkpoint.sharded import _SafeReader
 
     meta = _SafeReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
     weights = {k: m for k, m in meta.items() if k.startswith("model.") and len(m.size) == 2}

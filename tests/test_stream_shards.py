@@ -182,7 +182,7 @@ def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards
     """A checkpoint of 2 ranks x 2 workers, mid-epoch, each reading its own shards: on 3
     ranks the order would be another one; one line says how to resume it."""
     from launcher import cli
-    from launcher.checkpoint import store
+    from launcher.checkpoint import compat, store
 
     pattern, _, task, _ = shards
     args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=64",

@@ -114,7 +114,7 @@ def test_eval_is_identical_at_world_sizes_1_2_3(trained, name):
             assert after[key] == during[key]
 
 
-def test_eval_a_checkpoint_on_another_file(trained, tmp_path):
+def test_eval_a_checkpoint_on_another_file(trained, tmp_path, cli):
     rd, _ = trained("nli")
     subset = tmp_path / "dev.jsonl"
     subset.write_text("".join(json.dumps(r) + "\n" for r in _eval_rows("nli")[:77]))
@@ -123,14 +123,15 @@ def test_eval_a_checkpoint_on_another_file(trained, tmp_path):
     best = rd.best().name
     metrics = json.loads((rd.eval / f"{best}-on-dev" / "metrics.json").read_text())
     assert metrics["examples"] == 77 and metrics["step"] == int(best.split("-")[1])
-    bad = launcher("eval", rd.root, "--checkpoint", "step-9")
+    bad = cli("eval", rd.root, "--checkpoint", "step-9")  # a refusal: in this process
     assert bad.returncode == 2 and "--checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_predict_prints_what_each_task_predicts(trained):
+def test_predict_prints_what_each_task_predicts(trained, cli):
+    """`launcher predict` runs in the calling process (no torchrun): called here in-process."""
     rd, _ = trained("ner")
     row = _eval_rows("ner")[0]
-    proc = launcher("predict", rd.root, "--text", " ".join(row["tokens"]))
+    proc = cli("predict", rd.root, "--text", " ".join(row["tokens"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["predicted"] == row["ner_tags"] and isinstance(out["entities"], list)
@@ -138,9 +139,9 @@ def test_predict_prints_what_each_task_predicts(trained):
 
     rd, _ = trained("nli")
     row = _eval_rows("nli")[0]
-    missing = launcher("predict", rd.root, "--text", row["premise"])
+    missing = cli("predict", rd.root, "--text", row["premise"])
     assert missing.returncode == 2 and "--pair" in missing.stderr
-    proc = launcher("predict", rd.root, "--text", row["premise"], "--pair", row["hypothesis"])
+    proc = cli("predict", rd.root, "--text", row["premise"], "--pair", row["hypothesis"])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["predicted"] in ("entailment", "neutral", "contradiction") and 0 < out["score"] <= 1
 
@@ -149,7 +150,7 @@ def test_predict_prints_what_each_task_predicts(trained):
     path = Path(rd.root) / "questions.jsonl"
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "question", "context")}) + "\n"
                             for r in rows))
-    proc = launcher("predict", rd.root, "--file", path)
+    proc = cli("predict", rd.root, "--file", path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [a["id"] for a in answers] == [r["id"] for r in rows]
