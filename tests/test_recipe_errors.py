@@ -180,19 +180,19 @@ def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(render, tmp_path, reci
     else:
         path = recipe
     out = tmp_path / "plan"
-    proc = render(path, *overrides, out=out)
+    _assert_refused(render(path, *overrides, out=out), out, field, contains)
+
+
+def _assert_refused(proc, out: Path, field: str, contains) -> None:
+    """Exit 2, one line on stderr naming the field and the fix, no traceback, nothing written."""
     shown = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, shown
     assert "Traceback" not in proc.stdout + proc.stderr, shown
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].strip(), shown
-    line = lines[0]
-    assert line.startswith("error: "), shown
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix:" in lines[0], shown
     # The dotted field stands on its own, followed by a colon: `... scale.micro_bach: ...`.
-    assert re.search(rf"(^|\s){re.escape(field)}: ", line), shown
-    assert "Fix:" in line, shown
-    for text in contains:
-        assert text in line, shown
+    assert re.search(rf"(^|\s){re.escape(field)}: ", lines[0]), shown
+    assert all(text in lines[0] for text in contains), shown
     assert not proc.stdout.strip(), shown
     assert not out.exists() or not any(out.iterdir()), shown
 
@@ -265,12 +265,4 @@ def test_refusal_in_a_real_process_is_one_line_exit_2(tmp_path, recipe, override
         recipe = tmp_path / "bad_recipe.py"
         recipe.write_text(CASES[[c.id for c in CASES].index("file-raises")].values[0][1])
     out = tmp_path / "plan"
-    proc = _render(recipe, *overrides, out=out)
-    shown = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 2, shown
-    assert "Traceback" not in proc.stdout + proc.stderr, shown
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix:" in lines[0], shown
-    assert re.search(rf"(^|\s){re.escape(field)}: ", lines[0]), shown
-    assert all(text in lines[0] for text in contains), shown
-    assert not proc.stdout.strip() and (not out.exists() or not any(out.iterdir())), shown
+    _assert_refused(_render(recipe, *overrides, out=out), out, field, contains)

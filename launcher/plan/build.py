@@ -289,15 +289,12 @@ def _budget_steps_estimate(recipe: Recipe, checked: Optional[Scan]) -> Optional[
     """Steps per epoch under a token budget, estimated from the scan's word count (about 1.3
     tokens a word, plus the special tokens, at most data.max_length an example): an
     estimate, the engine counts the real steps from the tokenized examples."""
-    r = recipe.run
-    if checked is None:
-        if r.epochs is not None:
-            raise RecipeError("scale.tokens_per_step", "with run.epochs needs a local "
-                              "data.train to estimate steps per epoch from its text",
-                              "use run.max_steps with a hub dataset")
-        return None
-    if not checked.usable:
-        return None
+    if checked is None and recipe.run.epochs is not None:
+        raise RecipeError("scale.tokens_per_step", "with run.epochs needs a local data.train "
+                          "to estimate steps per epoch from its text",
+                          "use run.max_steps with a hub dataset")
+    if checked is None or not checked.usable:
+        return None  # run.max_steps gives the total
     mean = checked.tokens_estimate / checked.usable
     per_step = max(mean, recipe.scale.tokens_per_step - mean / 2)
     return max(1, math.ceil(checked.tokens_estimate / per_step))
