@@ -5,26 +5,31 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, launcher
+from conftest import TINY
+from together import launch_together
 
 
-def _train(tmp_path, name: str, micro: int, accum: int) -> dict[str, torch.Tensor]:
-    out = tmp_path / name
-    proc = launcher(
-        "run", TINY, f"run.output_dir={out}", "run.max_steps=2", "run.epochs=none",
-        f"scale.micro_batch={micro}", f"scale.grad_accum={accum}", "scale.precision=fp32",
-        "model.dropout=0.0", "model.classifier_dropout=0.0", "optim.warmup_ratio=0",
-        # A large epsilon makes AdamW's step proportional to the gradient: a mis-scaled
-        # accumulated gradient would otherwise be normalised away by Adam's first steps.
-        "optim.eps=1.0", "optim.lr=0.05", "eval.max_examples=8")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return load_file(out / "final" / "model.safetensors")
+def _args(out, micro: int, accum: int) -> list:
+    return ["run", TINY, f"run.output_dir={out}", "run.max_steps=2", "run.epochs=none",
+            f"scale.micro_batch={micro}", f"scale.grad_accum={accum}", "scale.precision=fp32",
+            "model.dropout=0.0", "model.classifier_dropout=0.0", "optim.warmup_ratio=0",
+            # A large epsilon makes AdamW's step proportional to the gradient: a mis-scaled
+            # accumulated gradient would otherwise be normalised away by Adam's first steps.
+            "optim.eps=1.0", "optim.lr=0.05", "eval.max_examples=8"]
+
+
+def _train_all(tmp_path, **runs: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:
+    """The three 2-step launches at once: nearly all of each is start-up."""
+    procs = launch_together(*(_args(tmp_path / name, micro, accum)
+                              for name, (micro, accum) in runs.items()))
+    for proc in procs:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return {name: load_file(tmp_path / name / "final" / "model.safetensors") for name in runs}
 
 
 def test_accumulation_matches_a_bigger_micro_batch(tmp_path):
-    accumulated = _train(tmp_path, "accum", micro=4, accum=2)
-    single = _train(tmp_path, "single", micro=8, accum=1)
-    fewer = _train(tmp_path, "fewer", micro=4, accum=1)
+    trained = _train_all(tmp_path, accum=(4, 2), single=(8, 1), fewer=(4, 1))
+    accumulated, single, fewer = trained["accum"], trained["single"], trained["fewer"]
     assert accumulated.keys() == single.keys()
     for key in single:
         torch.testing.assert_close(accumulated[key], single[key], rtol=0, atol=1e-5, msg=key)

@@ -25,9 +25,12 @@ from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store
 from launcher.run_dir import RunDir
 
-# 70 steps: past the end of the first epoch (62 steps of 64 examples) into the second.
+# 70 steps: past the end of the first epoch (62 steps of 64 examples) into the second. Evals
+# at 25, 50 and 70 interleave with training as in a real run; no test here reads their scores,
+# so they score a 64-example sample, not the split's 1,001 rows.
 ARGS = ["--nproc-per-node", "2", "run.max_steps=70", "run.epochs=None", "checkpoint.every=10",
-        "checkpoint.keep_last=2", "eval.every=25", "run.log_every=1", "data.num_workers=2"]
+        "checkpoint.keep_last=2", "eval.every=25", "eval.max_examples=64", "run.log_every=1",
+        "data.num_workers=2"]
 
 
 def run(out: Path, *extra: str, fault: str | None = None, command: str = "run"):
@@ -77,7 +80,7 @@ def copy_of(stopped_run: Path, tmp_path: Path) -> Path:
 
 # A signal on one rank is agreed one step later, when every rank saves: these land the save
 # just before a periodic checkpoint (9), right after one (11) and on the epoch's last step (62);
-# test_run_into_a_preempted_directory_resumes_it stops somewhere else.
+# ELSEWHERE stops somewhere else.
 STOPS = [8, 10, 61]
 # Somewhere else: drawn once, from a fixed seed, so the test ids are the same at every collection.
 ELSEWHERE = random.Random(18).randint(2, 68)
@@ -101,13 +104,28 @@ def _assert_continued(out: Path, second, signal_step: int, reference) -> None:
     assert_same_run(rd, reference)
 
 
-@pytest.mark.parametrize("signal_step", STOPS, ids=[f"signal-at-{s}" for s in STOPS])
-def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference, signal_step):
+CHAIN = sorted({*STOPS, ELSEWHERE})
+
+
+@pytest.mark.parametrize("signal_steps", [CHAIN],
+                         ids=["signal-at-" + "-".join(map(str, CHAIN))])
+def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference,
+                                                                 signal_steps):
+    """One run preempted at every stop in turn, each launch resuming where the last one saved
+    and stopping at the next (one launch per stop, not a fresh 70-step run per stop): the last
+    launch ends with the weights and the losses of the run that never stopped. The stop at
+    ELSEWHERE is continued by `launcher run` into the preempted directory, which goes on like
+    `launcher resume`; every other one by `launcher resume`."""
     out = tmp_path / "run"
-    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
-    _assert_preempted(out, first, signal_step)
-    second = run(out, command="resume")
-    _assert_continued(out, second, signal_step, reference)
+    launch = run(out, fault=f"at=step,step={signal_steps[0]},rank=1,do=TERM")
+    _assert_preempted(out, launch, signal_steps[0])
+    for before, signal_step in zip(signal_steps, signal_steps[1:]):
+        command = "run" if before == ELSEWHERE else "resume"
+        launch = run(out, command=command, fault=f"at=step,step={signal_step},rank=1,do=TERM")
+        assert f"from step {before + 1}" in launch.stdout, launch.stdout[-2000:]
+        _assert_preempted(out, launch, signal_step)
+    last = run(out, command="run" if signal_steps[-1] == ELSEWHERE else "resume")
+    _assert_continued(out, last, signal_steps[-1], reference)
 
 
 def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path, reference):
@@ -132,7 +150,12 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path, re
     assert_same_run(rd, reference)
 
 
-def test_rank_killed_while_saving_leaves_the_previous_checkpoint_in_charge(tmp_path, reference):
+def test_rank_killed_while_saving_then_a_second_signal_during_a_save_change_nothing(tmp_path,
+                                                                                   reference):
+    """A rank killed in the save of step 20 leaves step 10 in charge; the resume from it is
+    then preempted at 31 with a second signal on each rank during that save, which changes
+    nothing; the resume from 31 ends as the run that never stopped. (Two tests before, each
+    with its own 70 steps; one chain of launches now.)"""
     out = tmp_path / "run"
     rd = RunDir(out)
     first = run(out, fault="at=save,step=20,rank=1,do=kill")
@@ -142,9 +165,16 @@ def test_rank_killed_while_saving_leaves_the_previous_checkpoint_in_charge(tmp_p
     assert (rd.checkpoints / "step-0000020.tmp").is_dir()  # what the killed save left
     assert not rd.checkpoint(20).exists()
     assert store.problem(rd.latest()) is None
-    second = run(out, command="resume")
-    assert second.returncode == 0, second.stderr[-3000:]
+    second = run(out, command="resume",
+                 fault="at=step,step=30,rank=1,do=TERM;at=save,step=31,rank=0,do=TERM;"
+                       "at=save,step=31,rank=1,do=USR1")
     assert "from step 10" in second.stdout
+    assert second.returncode == 75, second.stderr[-3000:]
+    assert rd.latest() == rd.checkpoint(31) and store.problem(rd.latest()) is None
+    third = run(out, command="resume")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "from step 31" in third.stdout
+    assert json.loads(rd.summary.read_text())["resumed_from"] == 31
     assert_same_run(rd, reference)
 
 
@@ -223,14 +253,9 @@ def test_resume_on_another_world_size_trains_every_example_once(tmp_path, epoch_
     assert_manifest_is_what_each_rank_wrote(rd.latest(), world=world, strategy="ddp")
 
 
-@pytest.fixture(scope="module")
-def stopped_at_4(tmp_path_factory) -> Path:
-    return stopped(tmp_path_factory, "stopped-at-4", fault="at=step,step=3,rank=0,do=TERM")
-
-
-def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path, stopped_at_4,
+def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path, stopped_at_24,
                                                                        cli):
-    out = copy_of(stopped_at_4, tmp_path)
+    out = copy_of(stopped_at_24, tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
     proc = cli("resume", out, "--nproc-per-node", "3")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -238,8 +263,8 @@ def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path,
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
 
 
-def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, stopped_at_4, cli):
-    out = copy_of(stopped_at_4, tmp_path)
+def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, stopped_at_24, cli):
+    out = copy_of(stopped_at_24, tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
     proc = cli("run", TINY, f"run.output_dir={out}",
                "task.labels=['World','Sports','Business','Science']")
@@ -259,18 +284,6 @@ def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, s
     proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "run.seed was 42" in proc.stderr
-
-
-@pytest.mark.parametrize("signal_step", [ELSEWHERE], ids=[f"signal-at-{ELSEWHERE}"])
-def test_run_into_a_preempted_directory_resumes_it(tmp_path, reference, signal_step):
-    """`launcher run` again into the preempted directory goes on like `launcher resume`: the
-    fourth stop of test_preempted_and_resumed_run_matches_an_uninterrupted_one, continued by
-    `run` (one launch pair for both checks)."""
-    out = tmp_path / "run"
-    first = run(out, fault=f"at=step,step={signal_step},rank=1,do=TERM")
-    _assert_preempted(out, first, signal_step)
-    again = run(out)
-    _assert_continued(out, again, signal_step, reference)
 
 
 def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path):
@@ -311,14 +324,3 @@ def test_log_window_cut_by_a_preemption_is_whole_after_resume(tmp_path, referenc
         first = step - 3 if step % 4 == 0 else step - step % 4 + 1
         window = [per_step[s] for s in range(first, step + 1)]
         assert loss == pytest.approx(sum(window) / len(window), rel=1e-9), step
-
-
-def test_second_signal_during_the_save_changes_nothing(tmp_path, reference):
-    out = tmp_path / "run"
-    rd = RunDir(out)
-    first = run(out, fault="at=step,step=30,rank=1,do=TERM;at=save,step=31,rank=0,do=TERM;"
-                           "at=save,step=31,rank=1,do=USR1")
-    assert first.returncode == 75, first.stderr[-3000:]
-    assert rd.latest() == rd.checkpoint(31) and store.problem(rd.latest()) is None
-    assert run(out, command="resume").returncode == 0
-    assert_same_run(rd, reference)

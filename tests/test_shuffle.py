@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, decoded_per_epoch, launcher
+from together import launch_together
 from launcher import plan as plan_mod
 from launcher import tasks
 from launcher.engine import data
@@ -28,13 +29,15 @@ SORTED = REPO / "data/tiny_news/train_sorted.jsonl"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunDir]:
-    """The tiny recipe, 1 process, on the shipped file and on the label-sorted one."""
-    done = {}
-    for name, train in (("shipped", TRAIN), ("sorted", SORTED)):
-        out = tmp_path_factory.mktemp(name) / "run"
-        proc = launcher("run", TINY, f"run.output_dir={out}", f"data.train={train}")
+    """The tiny recipe, 1 process, on the shipped file and on the label-sorted one: both at
+    once, one thread each."""
+    done = {name: RunDir(tmp_path_factory.mktemp(name) / "run") for name in ("shipped", "sorted")}
+    procs = launch_together(*(["run", TINY, f"run.output_dir={done[name].root}",
+                               f"data.train={train}"]
+                              for name, train in (("shipped", TRAIN), ("sorted", SORTED))),
+                            OMP_NUM_THREADS="1")
+    for proc in procs:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        done[name] = RunDir(out)
     return done
 
 
@@ -168,9 +171,11 @@ def test_window_shuffled_stream_preempted_and_resumed_ends_with_the_same_weights
     resumed, and the weights are bit-identical to a run that never stopped. (How ranks split
     a window's examples is checked at 1 and 3 ranks above.)"""
     ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
-    proc = _stream_run(ref.root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _stream_run(cut.root, fault="at=step,step=5,rank=0,do=TERM")
+    # The run that never stops and the one that is stopped, at once (they share nothing).
+    whole, proc = launch_together(["run", TINY, *STREAM, f"run.output_dir={ref.root}"],
+                                  ["run", TINY, *STREAM, f"run.output_dir={cut.root}"],
+                                  faults=(None, "at=step,step=5,rank=0,do=TERM"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
     assert proc.returncode == 75, proc.stderr[-3000:]
     state = json.loads((cut.latest() / "trainer_state.json").read_text())
     assert state["position"] == {"epoch": 0, "row": 0, "examples": 160, "window": 1,

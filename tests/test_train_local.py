@@ -78,10 +78,12 @@ def test_exported_model_loads_and_predicts(two_rank_run):
     assert [model.config.id2label[i] for i in pred] == ["Sports", "Business"]
 
 
-def test_run_refuses_a_directory_that_holds_a_run(two_rank_run):
+def test_run_refuses_a_directory_that_holds_a_run(two_rank_run, cli):
+    """A refusal stops before any process starts: in-process (test_resume.py meets the same
+    refusal of a run directory from a real process)."""
     rd, _ = two_rank_run
     before = sorted(p.name for p in rd.checkpoints.iterdir())
-    proc = launcher("run", TINY, f"run.output_dir={rd.root}")
+    proc = cli("run", TINY, f"run.output_dir={rd.root}")
     assert proc.returncode == 2
     assert "run.output_dir" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in rd.checkpoints.iterdir()) == before
