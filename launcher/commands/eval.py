@@ -46,6 +46,7 @@ def main(args, console: Console) -> int:
         # initialises nothing of torch.distributed, and a RecipeError reaches cli.main.
         from launcher.engine.eval_main import run_eval
 
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the torchrun ranks have it
         run_eval(rd.root, chosen, data, name, overrides, world=1)
     else:
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
