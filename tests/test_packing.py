@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import REPO, TINY, cli_env, launcher
+from conftest import REPO, TINY, cli_env
 from launcher.engine import packing
 
 TOL = 1e-5
@@ -125,7 +125,7 @@ def test_packed_run_on_two_ranks_logs_the_padded_runs_losses(tmp_path, padded_ru
     assert (out / "final" / "model.safetensors").is_file()
 
 
-def test_packing_is_refused_for_tasks_that_read_every_token():
-    proc = launcher("run", REPO / "recipes" / "tiny_ner.py", "data.packing=true", "--dry-run")
+def test_packing_is_refused_for_tasks_that_read_every_token(cli):
+    proc = cli("run", REPO / "recipes" / "tiny_ner.py", "data.packing=true", "--dry-run")
     assert proc.returncode == 2
     assert "data.packing" in proc.stderr and "data.packing=false" in proc.stderr

@@ -11,7 +11,7 @@ from launcher.recipe.load import load
 from launcher.run_dir import RunDir
 
 
-def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path):
+def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
     from launcher import plan as plan_mod
 
     plan = plan_mod.build(load(REPO / "recipes/tiny_multilabel.py", []))
@@ -26,7 +26,7 @@ def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path):
     assert single.class_weights == [4000 / (4 * labels[i]) for i in range(4)]
     explicit = plan_mod.build(load(TINY, ["task.class_weights=1,2,3,4"]))
     assert explicit.class_weights == [1.0, 2.0, 3.0, 4.0]
-    bad = launcher("render", TINY, "task.class_weights=1,2", "--out", tmp_path / "p")
+    bad = cli("render", TINY, "task.class_weights=1,2", "--out", tmp_path / "p")  # in-process
     assert bad.returncode == 2 and "task.class_weights: has 2 weights for 4 labels" in bad.stderr
 
 
@@ -46,7 +46,7 @@ def test_freeze_encoder_trains_only_the_head():
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
 
 
-def test_extra_head_layer_trains_exports_and_predicts(tmp_path):
+def test_extra_head_layer_trains_exports_and_predicts(tmp_path, cli):
     out = tmp_path / "run"
     proc = launcher("run", TINY, "model.head_hidden=32", "model.head_dropout=0.2",
                     "task.label_smoothing=0.1", f"run.output_dir={out}", "run.epochs=1")
@@ -54,7 +54,7 @@ def test_extra_head_layer_trains_exports_and_predicts(tmp_path):
     rd = RunDir(out)
     config = json.loads((rd.final / "config.json").read_text())
     assert config["launcher_head"] == {"hidden": 32, "dropout": 0.2}
-    proc = launcher("predict", out, "--text", "Striker scores goal in cup final match")
+    proc = cli("predict", out, "--text", "Striker scores goal in cup final match")  # in-process
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["predicted"] == "Sports"
 

@@ -1,5 +1,5 @@
 """`launcher eval RUN_DIR`: a run's final model or a checkpoint on its eval data or any file,
-in one process or under torchrun (launcher.engine.eval_main does the work)."""
+in the calling process or under torchrun (launcher.engine.eval_main does the work)."""
 
 from __future__ import annotations
 
@@ -39,20 +39,25 @@ def main(args, console: Console) -> int:
         raise RecipeError("--nproc-per-node", f"must be 1 or more, got {nproc}", "pass 1 or more")
     # The plan's device, as training had it (the same refusal as `launcher run`).
     device.refuse_here(plan, nproc)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    env.setdefault("OMP_NUM_THREADS", threads_per_rank(nproc))
-    argv = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
-            *(["--data", data] if data else []), *(f"--set={o}" for o in overrides)]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "launcher.engine.eval_main", *argv]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "launcher.engine.eval_main", *argv]
     console.print(f"evaluating {chosen or 'final'} of {rd.root} on {data or stem} "
                   f"({nproc} process(es))", highlight=False)
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        return proc.returncode
+    if nproc == 1:
+        # In this process, as `launcher predict`: one interpreter start fewer; world 1
+        # initialises nothing of torch.distributed, and a RecipeError reaches cli.main.
+        from launcher.engine.eval_main import run_eval
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the torchrun ranks have it
+        run_eval(rd.root, chosen, data, name, overrides, world=1)
+    else:
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        env.setdefault("OMP_NUM_THREADS", threads_per_rank(nproc))
+        argv = [str(rd.root), name, *(["--checkpoint", chosen] if chosen else []),
+                *(["--data", data] if data else []), *(f"--set={o}" for o in overrides)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "launcher.engine.eval_main", *argv]
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            return proc.returncode
     out = rd.eval / name
     metrics = json.loads((out / "metrics.json").read_text())
     task = tasks.for_recipe(plan.recipe)

@@ -1,6 +1,6 @@
 """Evaluate or predict with a finished run's model: what a user does right after training.
 
-`launcher eval` runs `evaluate` here, in one process or under torchrun (the same exact
+`launcher eval` runs `run_eval` here, in its own process or under torchrun (the same exact
 evaluation as during training, so the numbers match at any process count); `launcher predict`
 runs `predict` in one process.
 """
@@ -70,8 +70,10 @@ def _autocast(plan: Plan, device: torch.device):
 
 
 def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
-             name: str, overrides: list[str] = ()) -> Optional[dict]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+             name: str, overrides: list[str] = (), world: Optional[int] = None) -> Optional[dict]:
+    """One rank's part of an evaluation (world None: torchrun's WORLD_SIZE, else 1); with world
+    1 nothing of torch.distributed is initialised, so `launcher eval` calls it in its own process."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     plan = Plan.from_json((RunDir(run_dir).plan / "plan.json").read_text())
     if world > 1:
         dist.init_process_group("nccl" if plan.device == "cuda" else "gloo")
