@@ -13,6 +13,9 @@ import pytest
 # In-process plan building reads local files through HF datasets: never let it reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# What in-process CLI calls print is read line by line: rich would wrap it at 80 columns (its
+# width when output is not a terminal), and where it wraps depends on the tmp path's length.
+os.environ.setdefault("COLUMNS", "400")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny_news.py"
