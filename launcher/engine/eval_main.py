@@ -132,9 +132,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])  # an exception leaves the normal way, traceback and all
-    # Everything is written and the process group destroyed: skip the interpreter's ~2 s
-    # teardown of torch and transformers (as launcher/engine/__main__.py does).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from launcher.engine.main import leave
+
+    leave(main(sys.argv[1:]))  # an exception leaves the normal way, traceback and all
