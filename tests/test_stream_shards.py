@@ -58,11 +58,22 @@ def shards(tmp_path_factory):
     return pattern, plan, task, build_tokenizer(plan.recipe.model)
 
 
-def _take(shards, plan, rank, world, start, count):
+def _take(shards, plan, rank, world, start, count, positions=None):
     _, _, task, tokenizer = shards
     stream = data.train_batches(plan, task, tokenizer, rank=rank, world=world, start=start)
     got = [next(stream) for _ in range(count)]
+    if positions is not None:
+        positions.extend(p for p, _ in got)
     return got[-1][0], [b["index"] for _, b in got]
+
+
+def _joined(positions):
+    """What a checkpoint saves: the ranks' positions after the same micro batch, joined
+    (the trainer gathers each rank's readers' states)."""
+    first = positions[0]
+    if not data.needs_join(first):
+        return first
+    return data.joined_position(first, [p.streams for p in positions])
 
 
 def test_each_rank_and_worker_reads_only_its_own_shards_and_resumes_exactly(shards, caplog):
@@ -74,10 +85,10 @@ def test_each_rank_and_worker_reads_only_its_own_shards_and_resumes_exactly(shar
     rows = data.open_source(plan.recipe.data.train, "train", plan)
     assert rows.n_shards == 6
     caplog.set_level(logging.INFO, logger="launcher.engine")
-    whole = {}
+    whole, at = {}, {0: [], 1: []}
     for rank in (0, 1):
-        pos, whole[rank] = _take(shards, plan, rank, 2, data.Position(), 12)
-        assert pos == data.Position(epoch=0, examples=12 * 8, readers=4)
+        pos, whole[rank] = _take(shards, plan, rank, 2, data.Position(), 12, at[rank])
+        assert (pos.epoch, pos.examples, pos.readers, pos.micro) == (0, 12 * 8, 4, 4)
         for j, batch in enumerate(whole[rank]):
             reader = rank * 2 + j % 2
             own = data.reader_shards(6, 42, 0, 4, reader)
@@ -89,10 +100,16 @@ def test_each_rank_and_worker_reads_only_its_own_shards_and_resumes_exactly(shar
     assert len(seen) == len(set(seen))  # no example twice within the epoch
     # shuffled: not file order within a shard
     assert any(b != sorted(b) for b in whole[0])
+    # The checkpoint's position: where each of the 4 readers stood (its window's start)
+    saved = _joined([at[0][4], at[1][4]])
+    assert saved.examples == 5 * 8 and all(s is not None for row in saved.streams for s in row)
+    assert data.Position(**json.loads(json.dumps(saved.to_dict()))) == saved
+    older = data.Position(examples=5 * 8, readers=4)  # an older checkpoint: no reader states
     for rank in (0, 1):
-        later = _take(shards, plan, rank, 2, data.Position(examples=5 * 8, readers=4), 7)[1]
-        assert later == whole[rank][5:]
-    # another split of the shards mid-epoch would be another order: one line says so
+        for start in (saved, older):  # the older one reads each reader's rows up to it again
+            later = _take(shards, plan, rank, 2, start, 7)[1]
+            assert later == whole[rank][5:]
+    # an older checkpoint on another split would be another order: one line says so
     with pytest.raises(data.DataError, match="resume with the ranks and data.num_workers it "
                                              "was saved with"):
         _take(shards, plan, 0, 3, data.Position(examples=48, readers=4), 1)
@@ -206,3 +223,50 @@ def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards
         "resume on 2 ranks with data.num_workers=2" in err[0], err
     assert cli.main([*run, "--nproc-per-node", "2"]) == 0
     assert "from step 3" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(shards):
+    """An uninterrupted epoch of 2 ranks x 1 worker (2 readers, 3 shards each), 24 a step:
+    each rank's positions and micro batches."""
+    pattern, _, task, tokenizer = shards
+    plan = _plan(pattern, "scale.global_batch=24")
+    per_rank = plan.steps_per_epoch * plan.global_batch // 8
+    at, got = {0: [], 1: []}, {}
+    for rank in (0, 1):
+        _, got[rank] = _take(shards, plan, rank, 2, data.Position(), per_rank, at[rank])
+    return plan, at, got
+
+
+def _made_python(monkeypatch):
+    """A counter of the rows HF turns into Python objects (as a batch on the arrow path, or
+    one at a time as a skip done in Python would)."""
+    from datasets.formatting.formatting import PythonArrowExtractor
+
+    made = [0]
+    for name in ("extract_row", "extract_batch"):
+        real = getattr(PythonArrowExtractor, name)
+        monkeypatch.setattr(PythonArrowExtractor, name,
+                            lambda self, table, _real=real: (made.__setitem__(
+                                0, made[0] + table.num_rows), _real(self, table))[1])
+    return made
+
+
+def test_a_resume_reads_only_each_readers_current_window(shards, two_ranks, monkeypatch):
+    """80 micro batches (320 examples) into each reader's shards, a resume at the same split
+    turns about one window (64 rows) of each reader into Python, not the 320+ before it:
+    each reader opens its shard at its window's start (HF's arrow path), re-reads that window
+    untokenized and goes on from the same offset. An older checkpoint (no reader states)
+    still resumes exactly, by reading the rows up to it again."""
+    plan, at, got = two_ranks
+    saved = _joined([at[0][79], at[1][79]])
+    made = _made_python(monkeypatch)
+    read = {}
+    for rank in (0, 1):
+        for name, start in (("saved", saved), ("older", data.Position(examples=640, readers=2))):
+            made[0] = 0
+            assert _take(shards, plan, rank, 2, start, 1)[1] == [got[rank][80]]
+            read[name, rank] = made[0]
+    print("rows made Python for the first batch after the resume:", read)
+    assert all(read["saved", r] <= 2 * 64 for r in (0, 1)), read
+    assert all(read["older", r] >= 320 for r in (0, 1)), read

@@ -11,7 +11,8 @@ from launcher.engine.train_state import Best, TrainState
 
 def test_every_field_survives_a_save_and_a_load_and_an_older_file_loads_with_defaults():
     state = TrainState(
-        step=12, position=Position(epoch=1, row=7, examples=40, window=2, offset=3, readers=4),
+        step=12, position=Position(epoch=1, row=7, examples=40, window=2, offset=3, readers=2,
+                                streams=[[[0, 1, 64, 2, 3]], [[1, 0, 0, 0, 7]]], micro=4),
         best=Best(step=10, metric="accuracy", value=0.75), evals_since_best=1,
         scheduler={"last_epoch": 12, "_step_count": 13}, scaler={"scale": 1024.0},
         log_window={"loss_sum": 2.5, "steps": 3}, trackers={"mlflow": "abc"},
@@ -43,5 +44,6 @@ def test_every_field_survives_a_save_and_a_load_and_an_older_file_loads_with_def
     loaded = TrainState.from_state_dict(old)
     assert (loaded.step, loaded.epoch, loaded.position) == (5, 0, Position(0, 163, 160))
     assert loaded.data_order is None and loaded.trackers is None and loaded.best is None
+    assert loaded.position.streams is None  # a sharded stream's resume reads up to it again
     assert loaded.evals_since_best == 0 and loaded.log_window is None
     assert loaded.scheduler == {"last_epoch": 5} and loaded.world_size == 1

@@ -114,14 +114,16 @@ def check(plan: Any) -> Optional[int]:
                           f"resume a {plan.recipe.scale.strategy} run on {saved_world} ranks; "
                           "nothing there was touched")
     readers, workers = at.get("readers", 0), max(plan.recipe.data.num_workers, 1)
-    if readers and at.get("examples") and (saved_world, readers) != (
-            plan.world_size, plan.world_size * workers):
-        # Each reader (rank x worker) read its own shards: another split is another order.
+    if readers and at.get("examples") and not at.get("streams") and (
+            saved_world, readers) != (plan.world_size, plan.world_size * workers):
+        # Each reader (rank x worker) read its own shards, and this older checkpoint does not
+        # say where each stands (newer ones do, and go on at any split).
         raise RecipeError("--nproc-per-node", f"{latest} stopped mid-epoch in a stream whose "
                           f"shards its {saved_world} ranks x {readers // saved_world} workers "
                           f"each read their own, and this launch has {plan.world_size} x "
-                          f"{workers}", f"resume on {saved_world} ranks with data.num_workers="
-                          f"{readers // saved_world}; nothing there was touched")
+                          f"{workers}; it was written by a launcher that did not record where "
+                          f"each reader stood", f"resume on {saved_world} ranks with "
+                          f"data.num_workers={readers // saved_world}; nothing there was touched")
     return state["step"]
 
 

@@ -37,6 +37,8 @@ world size, and each rank knows how many batches the others have -- which lets s
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import logging
 import signal
@@ -71,11 +73,19 @@ class Position:
     window: int = 0    # window-shuffled streams: the window the next example comes from
     offset: int = 0    # ... and how many of that window's examples were trained on
     readers: int = 0   # sharded streams: the readers (ranks x workers) splitting its shards
+    # ... where each reader stands: streams[rank][worker] = [pass, shard, row, window, offset],
+    # its current window's start (pass over its shards, index into its shard list, row in that
+    # shard), the window's index in the pass and how many of its examples were taken; a
+    # rank's own position knows only its own readers (None for the others') until the
+    # checkpoint joins them (joined_position). None: not recorded (older checkpoints).
+    streams: Optional[list] = None
+    micro: int = 0     # ... and the micro batch size they were read in
 
     def to_dict(self) -> dict:
         saved = asdict(self)
-        if not self.readers:
-            del saved["readers"]  # as checkpoints of unsharded streams have always read
+        for key in ("readers", "streams", "micro"):
+            if not saved[key]:
+                del saved[key]  # as checkpoints of unsharded streams have always read
         return saved
 
 
@@ -407,66 +417,85 @@ def reader_shards(shards: int, seed: int, epoch: int, readers: int, reader: int)
     return [int(i) for i in order[reader::readers]]
 
 
+_START = [0, 0, 0, 0, 0]  # a reader's state at its epoch's start: pass 0, shard 0, row 0, ...
+
+
 def reader_examples(rows: Any, task: Task, size: int, seed: int, epoch: int, readers: int,
-                    reader: int, skip: int, read: list[int]) -> Iterator[tuple[int, dict]]:
-    """(index, example) of one reader's own shards in epoch `epoch`, each window of `size`
-    rows permuted by (seed, epoch, reader, pass, window), from its `skip`-th example on. A
-    reader whose shards run out before the epoch's quota reads them again (the next pass,
-    in other windows' orders), as sharded loaders do: shards differ in size. The examples
-    before `skip` are read again but not tokenized; `read[0]` counts the rows read."""
+                    reader: int, at: list[int], read: list[int]
+                    ) -> Iterator[tuple[list[int], tuple[int, dict]]]:
+    """(state after it, (index, example)) of one reader's own shards in epoch `epoch`, each
+    window of `size` rows permuted by (seed, epoch, reader, pass, window), from state `at`
+    ([pass, shard, row, window, offset]: see Position.streams) on. The rows before that
+    window's start are skipped on HF's arrow path (none becomes a Python object); the window
+    is read again, not tokenized, and permuted as before. A reader whose shards run out
+    before the epoch's quota reads them again (the next pass, in other windows' orders), as
+    sharded loaders do: shards differ in size. `read[0]` counts the rows read."""
     mine = reader_shards(rows.n_shards, seed, epoch, readers, reader)
-    for rerun in itertools.count():
-        def indexed() -> Iterator[tuple[int, dict]]:
-            for s in mine:
-                part = rows.shard(rows.n_shards, s)
-                for j, row in enumerate(sources.iter_rows(part)):
-                    yield (s << _SHARD_ROW_BITS) | j, row
-        stream, found = indexed(), 0
-        for window in itertools.count():
+    rerun, first_shard, first_row, window, offset = at
+    batch = max(1, min(size, 1024))  # no more rows made Python than a window
+
+    def indexed(k: int, j: int) -> Iterator[tuple[int, int, int, dict]]:
+        for k in range(k, len(mine)):
+            part = rows.shard(rows.n_shards, mine[k])
+            for j, row in enumerate(sources.iter_rows(part, j, batch_size=batch), j):
+                yield k, j, (mine[k] << _SHARD_ROW_BITS) | j, row
+            j = 0
+
+    while True:
+        stream, found = indexed(first_shard, first_row), 0
+        whole = (first_shard, first_row) == (0, 0)
+        while True:
             chunk = list(itertools.islice(stream, size))
             if not chunk:
                 break
             read[0] += len(chunk)
-            kept = [(i, row) for i, row in chunk if not task.is_empty(row)]
+            start = chunk[0][:2]
+            kept = [(i, row) for _, _, i, row in chunk if not task.is_empty(row)]
             found += len(kept)
-            if skip >= len(kept):
-                skip -= len(kept)
-                continue
             order = np.random.default_rng([seed, epoch, _SHARD_STREAM, reader, rerun, window]
                                           ).permutation(len(kept))
-            for j in order[skip:]:
-                yield kept[j]
-            skip = 0
-        if found == 0:
+            for j in range(offset, len(kept)):
+                yield [rerun, *start, window, j + 1], kept[order[j]]
+            window, offset = window + 1, 0
+        if found == 0 and whole:
             raise DataError(f"shards {mine} of the stream hold no example")
+        rerun, first_shard, first_row, window, offset = rerun + 1, 0, 0, 0, 0
 
 
 class ShardedEpoch(IterableDataset):
     """A sharded window-shuffled stream: rank `rank`'s micro batches `first` to `last` - 1 of
     one epoch. Micro batch j comes from DataLoader worker j - first (mod workers), which reads
     as reader rank x workers + j % workers: its own shards, its own micro batches j, j +
-    workers, ... (so a resume at any `first` reads each reader's batches as before)."""
+    workers, ... Each reader starts from its state in `streams` (its window's start); a
+    reader with none there (a checkpoint that did not record it) reads its examples before
+    `first` again, untokenized. Each batch carries `reader`: (worker, its state after it)."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int,
                  workers: int, readers: int, size: int, seed: int, epoch: int, first: int,
-                 last: int, pack_to: Optional[int] = None, pack_rows_multiple: int = 1):
+                 last: int, streams: Optional[list] = None, pack_to: Optional[int] = None,
+                 pack_rows_multiple: int = 1):
         self.rows, self.task, self.tokenizer = rows, task, tokenizer
         self.micro, self.rank, self.workers, self.readers = micro, rank, max(workers, 1), readers
         self.size, self.seed, self.epoch, self.first, self.last = size, seed, epoch, first, last
+        self.streams = streams
         self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
 
     def __iter__(self):
         info = get_worker_info()
         i = info.id if info else 0
         w = (self.first + i) % self.workers
-        done = len(range(w, self.first, self.workers))  # this reader's batches before `first`
+        at = self.streams[self.rank][w] if self.streams else None
         read, counted = [0], 0
         examples = reader_examples(self.rows, self.task, self.size, self.seed, self.epoch,
                                    self.readers, self.rank * self.workers + w,
-                                   done * self.micro, read)
+                                   at or _START, read)
+        if at is None:  # this reader's batches before `first`, read again
+            done = len(range(w, self.first, self.workers))
+            examples = itertools.islice(examples, done * self.micro, None)
         for _ in range(self.first + i, self.last, self.workers):
             chunk = list(itertools.islice(examples, self.micro))
-            batch = _rank_share(_Own(self), chunk)
+            batch = _rank_share(_Own(self), [example for _, example in chunk])
+            batch["reader"] = (w, chunk[-1][0])
             batch["decoded"], counted = read[0] - counted, read[0]
             yield batch
 
@@ -477,6 +506,88 @@ class _Own:
     def __init__(self, epoch: ShardedEpoch):
         self.rank, self.world, self.task, self.tokenizer = 0, 1, epoch.task, epoch.tokenizer
         self.pack_to, self.pack_rows_multiple = epoch.pack_to, epoch.pack_rows_multiple
+
+
+def merged_examples(rows: Any, task: Task, size: int, seed: int, epoch: int,
+                    streams: list, micro: int, examples: int, read: list[int]
+                    ) -> Iterator[tuple[int, dict]]:
+    """The rest of a sharded epoch, from the states its readers saved (`streams`, updated in
+    place as they go), in the order its ranks would have trained it: global micro batch g
+    is, rank by rank, the next `micro` examples of that rank's reader g % workers; from
+    `examples` (consumed) on. The same order at any world size that reads it."""
+    ranks, workers = len(streams), len(streams[0])
+    live: dict[int, Iterator] = {}
+    g, rest = divmod(examples, ranks * micro)
+    q, e = divmod(rest, micro)
+    while True:
+        w = g % workers
+        reader = q * workers + w
+        if reader not in live:
+            live[reader] = reader_examples(rows, task, size, seed, epoch, ranks * workers,
+                                           reader, streams[q][w], read)
+        for state, example in itertools.islice(live[reader], micro - e):
+            streams[q][w] = state
+            yield example
+        q, e = q + 1, 0
+        if q == ranks:
+            g, q = g + 1, 0
+
+
+class MergedEpoch(IterableDataset):
+    """A sharded epoch resumed on another split (world x workers, or micro batch): this rank's
+    micro batches of the rest of it, from every old reader's saved state (merged_examples);
+    every worker of every rank reads all of it and keeps its share, like WindowedEpoch. Each
+    batch carries `streams`: every old reader's state after its global micro batch."""
+
+    def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int,
+                 world: int, size: int, seed: int, epoch: int, streams: list, old_micro: int,
+                 examples: int, max_batches: int, pack_to: Optional[int] = None,
+                 pack_rows_multiple: int = 1):
+        self.rows, self.task, self.tokenizer = rows, task, tokenizer
+        self.micro, self.rank, self.world = micro, rank, world
+        self.size, self.seed, self.epoch = size, seed, epoch
+        self.streams, self.old_micro, self.examples = streams, old_micro, examples
+        self.max_batches = max_batches
+        self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        width = self.world * self.micro
+        streams = copy.deepcopy(self.streams)
+        chunk: list[tuple[int, dict]] = []
+        made, read, counted = 0, [0], 0
+        for example in merged_examples(self.rows, self.task, self.size, self.seed,
+                                       self.epoch, streams, self.old_micro, self.examples,
+                                       read):
+            chunk.append(example)
+            if len(chunk) < width:
+                continue
+            if made % workers == worker:
+                batch = _rank_share(self, chunk)
+                batch["streams"] = copy.deepcopy(streams)
+                batch["decoded"], counted = read[0] - counted, read[0]
+                yield batch
+            made, chunk = made + 1, []
+            if made == self.max_batches:
+                return
+
+
+def joined_position(pos: Position, shared: list) -> Position:
+    """A sharded stream's position with every rank's readers: `shared` holds each rank's own
+    `pos.streams` (rank q knows its row q). Where a reader's state is unknown (a resume from
+    a checkpoint that did not record them, before that reader's first batch), the position
+    records none, and a resume reads again up to it."""
+    streams = [shared[q][q] for q in range(len(shared))]
+    known = all(s is not None for row in streams for s in row)
+    return dataclasses.replace(pos, streams=streams if known else None)
+
+
+def needs_join(pos: Position) -> bool:
+    """Whether a checkpoint of this position must gather the other ranks' reader states
+    (the same answer on every rank)."""
+    return bool(pos.streams) and len(pos.streams) > 1 and any(
+        row is None or None in row for row in pos.streams)
 
 
 def windowed_examples(stream: Any, task: Task, size: int, seed: int, epoch: int,
@@ -546,7 +657,8 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
     rows = open_source(d.train, d.train_split, plan)
     workers = max(d.num_workers, 1)
     readers = stream_readers(rows.n_shards, world, d.num_workers, per_epoch is not None)
-    if pos.examples and pos.readers and pos.readers != readers:
+    saved = pos.streams if pos.examples and pos.readers else None
+    if pos.examples and pos.readers and not saved and pos.readers != readers:
         raise DataError(_readers_refusal(pos, readers, rows.n_shards, world, workers))
     log.info("data: %s", reads_line(d.train, rows.n_shards, world, workers, rank, readers,
                                     d.shuffle_window, per_epoch is not None, plan.micro_batch))
@@ -554,17 +666,34 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
         log.info("data: epoch %d was read as a whole stream before its checkpoint: it goes on "
                  "so (exact at any world size); its own shards from epoch %d", pos.epoch,
                  pos.epoch + 1)
+    same = saved and (len(saved), len(saved[0]), pos.micro) == (world, workers, plan.micro_batch)
+    if saved and not same:
+        log.info("data: epoch %d was split between %d ranks x %d workers (micro batch %d) before "
+                 "its checkpoint: every worker of rank %d reads the rest of those %d readers' "
+                 "shards, in the order they would have trained it, and keeps its own examples "
+                 "(exact at any world size); its own shards from epoch %d", pos.epoch,
+                 len(saved), len(saved[0]), pos.micro, rank, pos.readers, pos.epoch + 1)
     while True:
         left = None if per_epoch is None else (per_epoch - pos.examples) // width
         if left == 0:
             pos = Position(epoch=pos.epoch + 1, readers=readers)
             continue
         split = pos.readers if pos.examples else readers  # an epoch goes on as it began
-        if split:
+        merged = bool(split and pos.examples and pos.streams and not same)
+        if merged:
+            epoch: IterableDataset = MergedEpoch(
+                rows, task, tokenizer, plan.micro_batch, rank, world, d.shuffle_window, seed,
+                pos.epoch, pos.streams, pos.micro, pos.examples, left, **_pack_args(plan))
+        elif split:
             done = pos.examples // width
-            epoch: IterableDataset = ShardedEpoch(
+            streams = pos.streams if pos.examples else None
+            # This rank's readers: where each stands (unknown: None, until its first batch).
+            own = list(streams[rank] if streams else
+                       [None] * workers if pos.examples else [_START] * workers)
+            epoch = ShardedEpoch(
                 rows, task, tokenizer, plan.micro_batch, rank, d.num_workers, split,
-                d.shuffle_window, seed, pos.epoch, done, done + left, **_pack_args(plan))
+                d.shuffle_window, seed, pos.epoch, done, done + left, streams,
+                **_pack_args(plan))
         else:
             epoch = WindowedEpoch(epoch_stream(rows, seed, pos.epoch), task, tokenizer,
                                   plan.micro_batch, rank, world, d.shuffle_window, seed,
@@ -573,15 +702,25 @@ def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: 
         for batch in _loader(epoch, plan):
             taken += 1
             decoded += batch.pop("decoded")
-            pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end", 0),
-                           batch.pop("offset_end", 0), split)
+            if merged:
+                pos = Position(pos.epoch, 0, pos.examples + width, 0, 0, split,
+                               batch.pop("streams"), pos.micro)
+            elif split:
+                w, state = batch.pop("reader")
+                own = own[:w] + [state] + own[w + 1:]
+                pos = Position(pos.epoch, 0, pos.examples + width, 0, 0, split,
+                               [own if q == rank else None for q in range(world)],
+                               plan.micro_batch)
+            else:
+                pos = Position(pos.epoch, 0, pos.examples + width, batch.pop("window_end", 0),
+                               batch.pop("offset_end", 0), split)
             if left is not None and taken == left:
                 log.info("data: epoch %d: this rank decoded %d rows for %d examples of its "
                          "own", pos.epoch, decoded, left * plan.micro_batch)
             yield pos, batch
         if taken == 0 and pos.window == 0 and pos.offset == 0:
             raise DataError(f"rank {rank} read no full batch of {plan.micro_batch} from {d.train}")
-        pos = Position(epoch=pos.epoch + 1, readers=readers)
+        pos, same = Position(epoch=pos.epoch + 1, readers=readers), False
 
 
 def reads_line(name: str, shards: int, world: int, workers: int, rank: int, readers: int,
@@ -605,8 +744,8 @@ def _readers_refusal(pos: Position, readers: int, shards: int, world: int, worke
            else f"{world} ranks x {workers} workers would read the whole stream")
     return (f"the checkpoint stopped {pos.examples} examples into epoch {pos.epoch} with its "
             f"{shards} shards split between {pos.readers} readers (ranks x data.num_workers) "
-            f"and {now}, another order: resume with the ranks and data.num_workers it was "
-            f"saved with")
+            f"and {now}, and it was written before checkpoints recorded where each reader "
+            f"stood: resume with the ranks and data.num_workers it was saved with")
 
 
 class EvalShard(IterableDataset):

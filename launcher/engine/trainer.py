@@ -448,8 +448,16 @@ class Trainer:
     def _save_checkpoint(self, best: bool = False, reason: str = "step") -> None:
         # The loop's state as it is, with what only a checkpoint records.
         scaler = self.accelerator.scaler
+        position = self.state.position
+        if self.world > 1 and data.needs_join(position):
+            # A sharded stream: each rank knows where its own readers stand; the checkpoint
+            # records them all, so a resume on any split goes on from each reader's window.
+            shared: list = [None] * self.world
+            torch.distributed.all_gather_object(shared, position.streams,
+                                                group=self.preemption.group)
+            position = data.joined_position(position, shared)
         state = dataclasses.replace(
-            self.state, scheduler=self.scheduler.state_dict(),
+            self.state, position=position, scheduler=self.scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
             log_window=self.window.partial(self.accelerator) if self.window else None,
             trackers=self.metrics.run_ids() if self.metrics else None,
