@@ -8,6 +8,8 @@ mostly missing), of uneven sizes, with a few empty texts.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -150,14 +152,16 @@ def test_fewer_shards_than_readers_reads_the_whole_stream_and_says_so(tmp_path, 
 
 def test_two_ranks_read_their_own_shards(tmp_path):
     """One 2-rank launch on 6 shards: each rank logs that it reads only its shards and
-    decodes about half of the rows an epoch."""
+    decodes about half of the rows an epoch. Its step-5 checkpoint records where both
+    ranks' readers stood (gathered at save), and the rest of the epoch read from it on 3
+    ranks trains, step by step, the examples the launch trained (its example ledger)."""
     sizes = tuple(n // 4 for n in SIZES)
     pattern = write_shards(tmp_path / "parts", sizes)
     out = RunDir(tmp_path / "run")
-    proc = launcher("run", TINY, f"data.train={pattern}", "data.streaming=true",
-                    "data.shuffle_window=32", "data.eval=None", "scale.micro_batch=8",
-                    "scale.global_batch=16", "run.epochs=1", "--nproc-per-node", "2",
-                    f"run.output_dir={out.root}", "checkpoint.every=0")
+    args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=32",
+            "data.eval=None", "scale.micro_batch=4", "scale.global_batch=24", "run.epochs=1"]
+    proc = launcher("run", TINY, *args, "--nproc-per-node", "2", f"run.output_dir={out.root}",
+                    "checkpoint.every=5", "checkpoint.keep_last=3", "run.trace_examples=true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = {p.stem: p.read_text() for p in out.logs.glob("rank*.log")}
     for rank in (0, 1):
@@ -166,6 +170,21 @@ def test_two_ranks_read_their_own_shards(tmp_path):
     rows = sum(sizes)
     assert [c[:2] for c in counts] == [(0, 0), (1, 0)]
     assert all(rows * 0.3 < c[2] < rows * 0.7 for c in counts), counts
+
+    saved = json.loads((out.checkpoint(5) / "trainer_state.json").read_text())["position"]
+    assert saved["examples"] == 5 * 24 and len(saved["streams"]) == 2, saved
+    ledger = collections.defaultdict(collections.Counter)
+    for trace in out.trace.glob("rank*.txt"):
+        for line in trace.read_text().splitlines():
+            step, example = line.split("\t")
+            ledger[int(step)][example] += 1
+    plan = plan_mod.build(load(TINY, [*args, "scale.procs_per_node=3"]))
+    task = tasks.for_recipe(plan.recipe)
+    left = (plan.steps_per_epoch - 5) * 2
+    later = {r: [b["ids"] for _, b in itertools.islice(data.train_batches(
+        plan, task, build_tokenizer(plan.recipe.model), rank=r, world=3,
+        start=data.Position(**saved)), left)] for r in range(3)}
+    assert _steps(later, 2) == [ledger[s] for s in range(6, plan.steps_per_epoch + 1)]
 
 
 def test_an_unsharded_epoch_goes_on_unsharded_after_a_resume_on_more_ranks(shards):
@@ -194,10 +213,11 @@ def test_a_pattern_of_files_is_checked_before_launch(tmp_path):
         _plan(pattern)
 
 
-def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards, tmp_path,
-                                                                          capsys):
-    """A checkpoint of 2 ranks x 2 workers, mid-epoch, each reading its own shards: on 3
-    ranks the order would be another one; one line says how to resume it."""
+def test_an_older_split_epoch_on_another_split_is_refused_before_launch(shards, tmp_path,
+                                                                        capsys):
+    """A checkpoint of 2 ranks x 2 workers, mid-epoch, each reading its own shards, written
+    before checkpoints recorded where each reader stood: on 3 ranks one line says how to
+    resume it. One that records them goes on on 3 ranks."""
     from launcher import cli
     from launcher.checkpoint import compat, store
 
@@ -222,6 +242,12 @@ def test_resuming_a_split_epoch_on_another_split_is_refused_before_launch(shards
     assert len(err) == 1 and "2 ranks x 2 workers each read their own" in err[0] and \
         "resume on 2 ranks with data.num_workers=2" in err[0], err
     assert cli.main([*run, "--nproc-per-node", "2"]) == 0
+    assert "from step 3" in capsys.readouterr().out
+    streams = [[[0, 0, 0, 1, 5], [0, 1, 10, 0, 18]], [[0, 0, 0, 1, 3], [1, 0, 0, 0, 20]]]
+    state["position"] = data.Position(examples=72, readers=4, streams=streams, micro=4).to_dict()
+    (step / store.STATE).write_text(json.dumps(state))
+    store.write_manifest(step, 3, store.describe([step / store.STATE], step))
+    assert cli.main([*run, "--nproc-per-node", "3"]) == 0, capsys.readouterr().err
     assert "from step 3" in capsys.readouterr().out
 
 
@@ -270,3 +296,48 @@ def test_a_resume_reads_only_each_readers_current_window(shards, two_ranks, monk
     print("rows made Python for the first batch after the resume:", read)
     assert all(read["saved", r] <= 2 * 64 for r in (0, 1)), read
     assert all(read["older", r] >= 320 for r in (0, 1)), read
+
+
+def _steps(batches_by_rank, per_step):
+    """Each optimizer step's examples (a multiset), from each rank's micro batches in order."""
+    count = len(next(iter(batches_by_rank.values())))
+    return [collections.Counter(i for b in batches_by_rank.values()
+                                for m in b[s:s + per_step] for i in m)
+            for s in range(0, count, per_step)]
+
+
+def test_a_split_epoch_resumed_on_3_ranks_or_1_trains_every_example_once(shards, two_ranks):
+    """2 readers preempted 3 steps into the epoch (9 micro batches each), resumed on 3 ranks
+    and on 1: the rest of the epoch is the 2 old readers' streams, each from its window's
+    start, in the order the 2 ranks would have trained them, every rank keeping its share.
+    So each step after the resume trains the very examples the uninterrupted 2-rank run
+    trains in that step, and the epoch (before + after) its examples exactly once each.
+    Exactly once of the epoch, not of the split: shards differ in size, so a reader whose
+    shards hold fewer than its quota reads them again (another pass) -- the same examples
+    at any world size. A checkpoint in the middle of the 3-rank stretch resumes back on 2
+    ranks, exact too; from the next epoch each split reads its own shards."""
+    plan, at, got = two_ranks
+    steps = _steps(got, 3)  # 24 a step: 3 micro batches of 4 on each of 2 ranks
+    assert sum(sum(s.values()) for s in steps) == plan.steps_per_epoch * 24
+    # An example comes twice in the epoch only from a reader that made a second pass.
+    passes = {r: at[r][-1].streams[r][0][0] for r in (0, 1)}
+    twice = [i for i, n in sum(steps, collections.Counter()).items() if n > 1]
+    own = {r: data.reader_shards(6, 42, 0, 2, r) for r in (0, 1)}
+    assert all(passes[r] > 0 for i in twice for r in (0, 1) if i >> 32 in own[r])
+    saved = _joined([at[0][8], at[1][8]])
+    assert saved.examples == 72
+    for world in (3, 1):
+        per_step = 24 // (4 * world)
+        left = (plan.steps_per_epoch - 3) * per_step
+        after, positions = {}, {r: [] for r in range(world)}
+        for rank in range(world):
+            end, after[rank] = _take(shards, plan, rank, world, saved, left + 1,
+                                     positions[rank])
+            assert end.epoch == 1 and end.readers == (3 if world == 3 else 0)
+            after[rank] = after[rank][:left]
+        assert _steps(after, per_step) == steps[3:], world
+        if world == 3:  # a checkpoint 2 steps later, resumed on the 2 ranks it began on
+            again = _joined([positions[r][2 * per_step - 1] for r in range(3)])
+            back = {r: _take(shards, plan, r, 2, again, (plan.steps_per_epoch - 5) * 3)[1]
+                    for r in (0, 1)}
+            assert back == {r: got[r][15:] for r in (0, 1)}
