@@ -296,6 +296,11 @@ def test_a_resume_reads_only_each_readers_current_window(shards, two_ranks, monk
     print("rows made Python for the first batch after the resume:", read)
     assert all(read["saved", r] <= 2 * 64 for r in (0, 1)), read
     assert all(read["older", r] >= 320 for r in (0, 1)), read
+    # Resumed from an older one, a reader not yet read again has no state: none is saved
+    partial = data.Position(examples=648, readers=2, streams=[[[0, 1, 9, 4, 20]], [None]],
+                            micro=4)
+    assert data.needs_join(partial)
+    assert data.joined_position(partial, [partial.streams, partial.streams]).streams is None
 
 
 def _steps(batches_by_rank, per_step):

@@ -22,7 +22,10 @@ by (run.seed, epoch); where it has at least world x workers shards and the epoch
 known, each rank and DataLoader worker (a "reader") reads only its own shards of that order and
 fills its own micro batches (see ShardedEpoch); otherwise every reader reads the whole stream,
 windowed, and keeps its share of each global micro batch (WindowedEpoch). The rank log says
-which.
+which. A sharded position records each reader's current window start and offset
+(Position.streams, joined over the ranks at a checkpoint): a resume on the same split re-reads
+only those windows; on another split mid-epoch every reader reads all the old readers' streams
+from there, merged in the old global order, and keeps its share (MergedEpoch).
 
 DataLoader worker w of a rank encodes global micro batches w, w + workers, ... (the DataLoader
 hands them back in order).
@@ -536,8 +539,9 @@ def merged_examples(rows: Any, task: Task, size: int, seed: int, epoch: int,
 class MergedEpoch(IterableDataset):
     """A sharded epoch resumed on another split (world x workers, or micro batch): this rank's
     micro batches of the rest of it, from every old reader's saved state (merged_examples);
-    every worker of every rank reads all of it and keeps its share, like WindowedEpoch. Each
-    batch carries `streams`: every old reader's state after its global micro batch."""
+    every worker of every rank reads all of it and keeps its share, like WindowedEpoch
+    (holding a window of each old reader). Each batch carries `streams`: every old reader's
+    state after its global micro batch."""
 
     def __init__(self, rows: Any, task: Task, tokenizer: Any, micro: int, rank: int,
                  world: int, size: int, seed: int, epoch: int, streams: list, old_micro: int,
@@ -585,9 +589,8 @@ def joined_position(pos: Position, shared: list) -> Position:
 
 def needs_join(pos: Position) -> bool:
     """Whether a checkpoint of this position must gather the other ranks' reader states
-    (the same answer on every rank)."""
-    return bool(pos.streams) and len(pos.streams) > 1 and any(
-        row is None or None in row for row in pos.streams)
+    (the same answer on every rank: true on all of a sharded epoch's ranks but one alone)."""
+    return bool(pos.streams) and any(row is None or None in row for row in pos.streams)
 
 
 def windowed_examples(stream: Any, task: Task, size: int, seed: int, epoch: int,

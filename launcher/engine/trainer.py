@@ -449,12 +449,14 @@ class Trainer:
         # The loop's state as it is, with what only a checkpoint records.
         scaler = self.accelerator.scaler
         position = self.state.position
-        if self.world > 1 and data.needs_join(position):
+        if data.needs_join(position):
             # A sharded stream: each rank knows where its own readers stand; the checkpoint
             # records them all, so a resume on any split goes on from each reader's window.
-            shared: list = [None] * self.world
-            torch.distributed.all_gather_object(shared, position.streams,
-                                                group=self.preemption.group)
+            shared: list = [position.streams]
+            if self.world > 1:
+                shared = [None] * self.world
+                torch.distributed.all_gather_object(shared, position.streams,
+                                                    group=self.preemption.group)
             position = data.joined_position(position, shared)
         state = dataclasses.replace(
             self.state, position=position, scheduler=self.scheduler.state_dict(),
