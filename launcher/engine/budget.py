@@ -59,12 +59,9 @@ def micro_batches(lengths: list[int], micro_tokens: int, pad_multiple: int,
     for i in order:
         n = lengths[i]
         if out:
-            if pack_to:
-                rows = len(room) + (0 if any(n <= free for free in room) else 1)
-                cost = -(-rows // rows_multiple) * rows_multiple * pack_to
-            else:
-                cost = (len(out[-1]) + 1) * (-(-widest // pad_multiple) * pad_multiple)
-            if cost <= micro_tokens:
+            rows = (len(room) + (0 if any(n <= free for free in room) else 1) if pack_to
+                    else len(out[-1]) + 1)
+            if micro_cost(rows, widest, pad_multiple, pack_to, rows_multiple) <= micro_tokens:
                 out[-1].append(i)
                 if pack_to:
                     _first_fit(room, n, pack_to)
@@ -74,6 +71,16 @@ def micro_batches(lengths: list[int], micro_tokens: int, pad_multiple: int,
         if pack_to:
             _first_fit(room, n, pack_to)
     return out
+
+
+def micro_cost(rows: int, widest: int, pad_multiple: int, pack_to: Optional[int],
+               rows_multiple: int = 1) -> int:
+    """The tokens a micro batch of `rows` rows takes as the engine lays it out: packed rows of
+    pack_to tokens (their count rounded up to rows_multiple), or rows x the widest row rounded
+    up to pad_multiple. Planning checks scale.micro_tokens against one example's cost."""
+    if pack_to:
+        return -(-rows // rows_multiple) * rows_multiple * pack_to
+    return rows * (-(-widest // pad_multiple) * pad_multiple)
 
 
 def _first_fit(room: list[int], n: int, capacity: int) -> None:

@@ -267,7 +267,10 @@ def _check_budget(recipe: Recipe, task: tasks.Task, world: int) -> Optional[int]
                           f"{max(d.max_length, 64) * 32 * world})")
     micro = s.micro_tokens if s.micro_tokens is not None else s.micro_batch * d.max_length
     rows_multiple = 4 if s.compile != "off" else 1
-    floor = _micro_floor(d.max_length, d.pad_to_multiple_of or 1, d.packing, rows_multiple)
+    # A micro batch of one example at data.max_length (budget.py imports no torch).
+    from launcher.engine.budget import micro_cost
+    floor = micro_cost(1, d.max_length, d.pad_to_multiple_of or 1,
+                       d.max_length if d.packing else None, rows_multiple)
     if micro < floor:
         how = (f"{rows_multiple} packed row(s) of data.max_length={d.max_length}" if d.packing
                else f"data.max_length={d.max_length} padded to a multiple of "
@@ -276,13 +279,6 @@ def _check_budget(recipe: Recipe, task: tasks.Task, world: int) -> Optional[int]
                           f"example takes up to {floor} tokens ({how})",
                           f"set scale.micro_tokens to {floor} or more, or lower data.max_length")
     return micro
-
-
-def _micro_floor(max_length: int, pad_multiple: int, packing: bool, rows_multiple: int) -> int:
-    # The same arithmetic as engine/budget.micro_cost_floor (planning does not import torch).
-    if packing:
-        return rows_multiple * max_length
-    return -(-max_length // pad_multiple) * pad_multiple
 
 
 def _budget_steps_estimate(recipe: Recipe, checked: Optional[Scan]) -> Optional[int]:
