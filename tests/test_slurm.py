@@ -25,10 +25,11 @@ from launcher.run_dir import RunDir
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 # 100 steps (about 1.6 epochs): long enough to be signalled while training (the signal goes
 # at step 5 or so; a step takes 40-100 ms here). The nodes' GPUs are stand-ins (torch sees no
-# CUDA), so runs that train say scale.device=cpu: under Slurm, auto means cuda.
+# CUDA), so runs that train say scale.device=cpu: under Slurm, auto means cuda. No eval
+# (data.eval=none): what is checked here is the job, not the model's score.
 STEPS = 100
 ARGS = ["--executor", "slurm", "--nodes", "2", f"run.max_steps={STEPS}", "run.epochs=None",
-        "checkpoint.every=50", "eval.every=0", "run.log_every=1", "slurm.time_min=10",
+        "checkpoint.every=50", "data.eval=none", "run.log_every=1", "slurm.time_min=10",
         "checkpoint.grace_s=60", "scale.device=cpu"]
 
 
