@@ -230,8 +230,9 @@ KillWait=30
 # CPUs it needs (they get SIGTERM, KillWait later SIGKILL, then run again).
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-# Finished jobs stay visible to \`scontrol show job\` (there is no sacct) for a minute.
-MinJobAge=60
+# Finished jobs stay visible to \`scontrol show job\` (there is no sacct) for 10 minutes:
+# \`launcher status\` reads a job's end there, and a test may ask minutes after the job ended.
+MinJobAge=600
 # A node that was down comes back by itself when its slurmd registers again.
 ReturnToService=2
 

@@ -1,13 +1,13 @@
-"""Labels the head cannot hold stop the run before training, naming the example and field;
-rows with empty text are counted, reported and skipped."""
+"""Labels the head cannot hold stop the run before training, naming the example and field:
+refusals, so the CLI runs in-process (`cli`). (Rows with empty text are counted, reported and
+skipped: test_data_formats.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from conftest import REPO, TINY, launcher
-from launcher.run_dir import RunDir
+from conftest import REPO, TINY
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -28,22 +28,22 @@ def _fails_before_training(proc, out: Path, *needles: str) -> None:
     assert not out.exists(), "nothing may be written for a recipe that cannot train"
 
 
-def test_label_id_beyond_the_labels_names_example_and_field(tmp_path):
+def test_label_id_beyond_the_labels_names_example_and_field(tmp_path, cli):
     rows = _news(200)
     rows[137]["label"] = 7
     train = _jsonl(tmp_path / "train.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, f"data.train={train}", f"run.output_dir={out}")
+    proc = cli("run", TINY, f"data.train={train}", f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 137", "(id tn-00137)",
                            "label 7", "train.jsonl")
 
 
-def test_label_name_not_in_labels(tmp_path):
+def test_label_name_not_in_labels(tmp_path, cli):
     rows = _news(200)
     rows[3]["label"] = "Weather"
     evaluation = _jsonl(tmp_path / "eval.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, f"data.eval={evaluation}", f"run.output_dir={out}")
+    proc = cli("run", TINY, f"data.eval={evaluation}", f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 3", "'Weather'", "eval.jsonl")
 
 
@@ -55,23 +55,23 @@ def _ner_rows(n: int) -> list[dict]:
              "ner_tags": ["B-PER", "O", "O", "B-LOC"]} for i in range(n)]
 
 
-def test_tag_outside_the_tag_set(tmp_path):
+def test_tag_outside_the_tag_set(tmp_path, cli):
     rows = _ner_rows(100)
     rows[42]["ner_tags"][2] = "B-ORG"
     train = _jsonl(tmp_path / "ner.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, *NER, f"data.train={train}", f"data.eval={train}",
+    proc = cli("run", TINY, *NER, f"data.train={train}", f"data.eval={train}",
                     f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 42", "(id s42)", "'B-ORG'",
                            "word 2 ('in')", "task.labels")
 
 
-def test_tags_and_words_of_different_length(tmp_path):
+def test_tags_and_words_of_different_length(tmp_path, cli):
     rows = _ner_rows(100)
     rows[5]["ner_tags"] = rows[5]["ner_tags"][:3]
     train = _jsonl(tmp_path / "ner.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, *NER, f"data.train={train}", f"data.eval={train}",
+    proc = cli("run", TINY, *NER, f"data.train={train}", f"data.eval={train}",
                     f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 5", "3 tags for 4 words")
 
@@ -86,44 +86,22 @@ def _qa_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def test_answer_outside_the_context(tmp_path):
+def test_answer_outside_the_context(tmp_path, cli):
     rows = _qa_rows(100)
     rows[61]["answers"]["answer_start"] = [40]
     train = _jsonl(tmp_path / "qa.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, *QA, f"data.train={train}", f"data.eval={train}",
+    proc = cli("run", TINY, *QA, f"data.train={train}", f"data.eval={train}",
                     f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 61", "(id q61)",
                            "outside the context")
 
 
-def test_answer_text_not_at_its_offset(tmp_path):
+def test_answer_text_not_at_its_offset(tmp_path, cli):
     rows = _qa_rows(100)
     rows[8]["answers"]["answer_start"] = [0]
     train = _jsonl(tmp_path / "qa.jsonl", rows)
     out = tmp_path / "run"
-    proc = launcher("run", TINY, *QA, f"data.train={train}", f"data.eval={train}",
+    proc = cli("run", TINY, *QA, f"data.train={train}", f"data.eval={train}",
                     f"run.output_dir={out}")
     _fails_before_training(proc, out, "data.label_column", "example 8", "does not match")
-
-
-def test_empty_rows_are_counted_reported_and_skipped(tmp_path):
-    rows = _news(400)
-    for i in (0, 17, 255):
-        rows[i]["text"] = "   " if i == 17 else ""
-    train = _jsonl(tmp_path / "train.jsonl", rows)
-    evaluation = _jsonl(tmp_path / "eval.jsonl", rows[:101])
-    out = tmp_path / "run"
-    proc = launcher("run", TINY, f"data.train={train}", f"data.eval={evaluation}",
-                    f"run.output_dir={out}", "run.epochs=1", "run.trace_examples=true")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "data.train: 3 of 400 rows have empty text and are skipped (examples 0, 17, 255)" \
-        in proc.stdout
-    assert "data.eval: 2 of 101 rows" in proc.stdout
-    rd = RunDir(out)
-    plan = json.loads((rd.plan / "plan.json").read_text())
-    assert plan["train_examples"] == 397 and plan["steps_per_epoch"] == 397 // 32
-    seen = set((rd.trace / "rank0.txt").read_text().split())
-    assert not seen & {"tn-00000", "tn-00017", "tn-00255"}
-    metrics = json.loads((rd.eval / "step-0000012" / "metrics.json").read_text())
-    assert metrics["examples"] == 99 and metrics["skipped_empty"] == 2

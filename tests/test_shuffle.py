@@ -2,7 +2,7 @@
 
 A label-sorted training file (scripts/make_sorted_news.py) is what many hub splits look like;
 read in file order the tiny recipe learns one class (accuracy 0.276). Shuffled, it must train
-as well as the shipped file.
+as well as the shipped file (0.964).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, decoded_per_epoch, launcher
+from conftest import REPO, TINY, decoded_per_epoch
 from together import launch_together
 from launcher import plan as plan_mod
 from launcher import tasks
@@ -27,25 +27,35 @@ TRAIN = REPO / "data/tiny_news/train.jsonl"
 SORTED = REPO / "data/tiny_news/train_sorted.jsonl"
 
 
+STREAM = ["data.streaming=true", "data.shuffle_window=150",
+          "run.epochs=None", "run.max_steps=12", "checkpoint.every=0", "eval.every=0",
+          "eval.max_examples=64", "run.log_every=1"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunDir]:
-    """The tiny recipe, 1 process, on the shipped file and on the label-sorted one: both at
-    once, one thread each."""
-    done = {name: RunDir(tmp_path_factory.mktemp(name) / "run") for name in ("shipped", "sorted")}
-    procs = launch_together(*(["run", TINY, f"run.output_dir={done[name].root}",
-                               f"data.train={train}"]
-                              for name, train in (("shipped", TRAIN), ("sorted", SORTED))),
-                            OMP_NUM_THREADS="1")
-    for proc in procs:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """Every launch of the module that does not wait for another, at once, one thread each:
+    the tiny recipe (1 process, 2 epochs) on the label-sorted file (evaluated and saved at its
+    end only: what is tested is its final accuracy and what it decoded), and the window-
+    shuffled stream run twice, once to the end and once stopped after step 5."""
+    done = {name: RunDir(tmp_path_factory.mktemp(name) / "run")
+            for name in ("sorted", "stream_ref", "stream_cut")}
+    procs = launch_together(
+        ["run", TINY, f"run.output_dir={done['sorted'].root}", f"data.train={SORTED}",
+         "eval.every=0", "checkpoint.every=0"],
+        ["run", TINY, *STREAM, f"run.output_dir={done['stream_ref'].root}"],
+        ["run", TINY, *STREAM, f"run.output_dir={done['stream_cut'].root}"],
+        faults=(None, None, "at=step,step=5,rank=0,do=TERM"), OMP_NUM_THREADS="1")
+    for proc, want in zip(procs, (0, 0, 75)):
+        assert proc.returncode == want, proc.stdout[-3000:] + proc.stderr[-3000:]
     return done
 
 
 def test_label_sorted_file_trains_as_well_as_the_shipped_one(runs):
-    acc = {k: json.loads(rd.summary.read_text())["eval"]["accuracy"] for k, rd in runs.items()}
-    print(acc)
-    assert acc["shipped"] > 0.9
-    assert abs(acc["sorted"] - acc["shipped"]) <= 0.02, acc
+    # The shipped file reaches 0.964 with this recipe and seed (1 process, measured
+    # 2026-11-30); the sorted one read in file order 0.276 (one class).
+    acc = json.loads(runs["sorted"].summary.read_text())["eval"]["accuracy"]
+    assert acc >= 0.944, acc
 
 
 def test_one_rank_decodes_each_row_once_an_epoch(runs):
@@ -155,32 +165,15 @@ def test_a_window_shuffled_stream_resumes_at_its_position_on_any_world_size(tiny
     assert max(again) < 300 and again != first
 
 
-STREAM = ["data.streaming=true", "data.shuffle_window=150",
-          "run.epochs=None", "run.max_steps=12", "checkpoint.every=0", "eval.every=0",
-          "eval.max_examples=64", "run.log_every=1"]
-
-
-def _stream_run(out, fault=None, command="run"):
-    args = ["resume", out] if command == "resume" else ["run", TINY, *STREAM,
-                                                         f"run.output_dir={out}"]
-    return launcher(*args, fault=fault)
-
-
-def test_window_shuffled_stream_preempted_and_resumed_ends_with_the_same_weights(tmp_path):
+def test_window_shuffled_stream_preempted_and_resumed_ends_with_the_same_weights(runs):
     """32 examples a step in windows of 150: stopped after step 5 (example 160, in window 1),
     resumed, and the weights are bit-identical to a run that never stopped. (How ranks split
     a window's examples is checked at 1 and 3 ranks above.)"""
-    ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
-    # The run that never stops and the one that is stopped, at once (they share nothing).
-    whole, proc = launch_together(["run", TINY, *STREAM, f"run.output_dir={ref.root}"],
-                                  ["run", TINY, *STREAM, f"run.output_dir={cut.root}"],
-                                  faults=(None, "at=step,step=5,rank=0,do=TERM"))
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert proc.returncode == 75, proc.stderr[-3000:]
+    ref, cut = runs["stream_ref"], runs["stream_cut"]
     state = json.loads((cut.latest() / "trainer_state.json").read_text())
     assert state["position"] == {"epoch": 0, "row": 0, "examples": 160, "window": 1,
                                  "offset": 10}
-    proc = _stream_run(cut.root, command="resume")
+    (proc,) = launch_together(["resume", cut.root], OMP_NUM_THREADS="1")  # as the runs had
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cut.metrics.read_text().count("\n") == 12
     losses = [[json.loads(line)["loss"] for line in rd.metrics.read_text().splitlines()]
