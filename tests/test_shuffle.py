@@ -2,7 +2,7 @@
 
 A label-sorted training file (scripts/make_sorted_news.py) is what many hub splits look like;
 read in file order the tiny recipe learns one class (accuracy 0.276). Shuffled, it must train
-as well as the shipped file (0.964).
+as well as the shipped file.
 """
 
 from __future__ import annotations
@@ -35,27 +35,30 @@ STREAM = ["data.streaming=true", "data.shuffle_window=150",
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunDir]:
     """Every launch of the module that does not wait for another, at once, one thread each:
-    the tiny recipe (1 process, 2 epochs) on the label-sorted file (evaluated and saved at its
-    end only: what is tested is its final accuracy and what it decoded), and the window-
-    shuffled stream run twice, once to the end and once stopped after step 5."""
+    the tiny recipe (1 process, 2 epochs) on the shipped file and on the label-sorted one
+    (evaluated and saved at their end only: what is tested is the final accuracy and what was
+    decoded), and the window-shuffled stream run twice, once to the end and once stopped
+    after step 5."""
     done = {name: RunDir(tmp_path_factory.mktemp(name) / "run")
-            for name in ("sorted", "stream_ref", "stream_cut")}
+            for name in ("shipped", "sorted", "stream_ref", "stream_cut")}
     procs = launch_together(
-        ["run", TINY, f"run.output_dir={done['sorted'].root}", f"data.train={SORTED}",
-         "eval.every=0", "checkpoint.every=0"],
+        *(["run", TINY, f"run.output_dir={done[name].root}", f"data.train={train}",
+           "eval.every=0", "checkpoint.every=0"] for name, train in (("shipped", TRAIN),
+                                                                      ("sorted", SORTED))),
         ["run", TINY, *STREAM, f"run.output_dir={done['stream_ref'].root}"],
         ["run", TINY, *STREAM, f"run.output_dir={done['stream_cut'].root}"],
-        faults=(None, None, "at=step,step=5,rank=0,do=TERM"), OMP_NUM_THREADS="1")
-    for proc, want in zip(procs, (0, 0, 75)):
+        faults=(None, None, None, "at=step,step=5,rank=0,do=TERM"), OMP_NUM_THREADS="1")
+    for proc, want in zip(procs, (0, 0, 0, 75)):
         assert proc.returncode == want, proc.stdout[-3000:] + proc.stderr[-3000:]
     return done
 
 
 def test_label_sorted_file_trains_as_well_as_the_shipped_one(runs):
-    # The shipped file reaches 0.964 with this recipe and seed (1 process, measured
-    # 2026-11-30); the sorted one read in file order 0.276 (one class).
-    acc = json.loads(runs["sorted"].summary.read_text())["eval"]["accuracy"]
-    assert acc >= 0.944, acc
+    # Read in file order the sorted one got 0.276 (one class).
+    acc = {k: json.loads(runs[k].summary.read_text())["eval"]["accuracy"]
+           for k in ("shipped", "sorted")}
+    assert acc["shipped"] > 0.9, acc
+    assert abs(acc["sorted"] - acc["shipped"]) <= 0.02, acc
 
 
 def test_one_rank_decodes_each_row_once_an_epoch(runs):
