@@ -42,7 +42,8 @@ def first_runs(tmp_path_factory):
     }
     done = launch_together(*[[*args, f"run.output_dir={root / name}"]
                              for name, args in runs.items()],
-                           faults=("at=step,step=5,rank=0,do=TERM", None))
+                           faults=("at=step,step=5,rank=0,do=TERM", None),
+                           OMP_NUM_THREADS="1")  # one thread each: two runs on 2 cores
     return {name: (root / name, proc) for name, proc in zip(runs, done)}
 
 

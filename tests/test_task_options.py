@@ -62,8 +62,10 @@ def runs(tmp_path_factory):
                   "eval.early_stopping_patience=2", "checkpoint.every=0",
                   "checkpoint.keep_last=1", "eval.max_examples=300"],
     }
+    # One thread each (the executor keeps an OMP_NUM_THREADS it is given; a lone rank would
+    # take both cores): two runs at once on 2 cores, not four threads spinning on them.
     done = launch_together(*[["run", TINY, *extra, f"run.output_dir={root / name}"]
-                             for name, extra in args.items()])
+                             for name, extra in args.items()], OMP_NUM_THREADS="1")
     out = {}
     for name, proc in zip(args, done):
         assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
