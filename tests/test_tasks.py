@@ -9,29 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, launcher
+import task_runs
+from conftest import REPO
 from launcher.run_dir import RunDir
-
-_RUNS: dict[str, tuple[RunDir, str]] = {}
-# Fewer epochs than the recipes for ner (4) and multilabel (5), with a wide margin over each
-# threshold below (2026-11-30: ner f1 0.92 > 0.6; multilabel micro-F1 0.74 > 0.51). nli and qa
-# keep theirs: nli at 7 epochs had accuracy 0.64 (> 0.59: too close); qa at 8 answered only 2
-# of the 5 questions in test_predict exactly (3 needed).
-EPOCHS = {"nli": 10, "ner": 2, "multilabel": 2, "qa": 12}
+from together import launch_together
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Train a tiny twin once per module, on first use: name -> (run dir, stdout)."""
-    def get(name: str) -> tuple[RunDir, str]:
-        if name not in _RUNS:
-            out = tmp_path_factory.mktemp(name) / "run"
-            proc = launcher("run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
-                            f"run.epochs={EPOCHS[name]}", f"run.output_dir={out}", timeout=600)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            _RUNS[name] = (RunDir(out), proc.stdout)
-        return _RUNS[name]
-    return get
+    """name -> (run dir, stdout): the four twins, trained once a session (tests/task_runs.py)."""
+    runs = task_runs.trained(tmp_path_factory.mktemp("task_runs"))
+    return runs.__getitem__
 
 
 def _eval_rows(name: str) -> list[dict]:
@@ -98,33 +86,54 @@ def test_qa_beats_always_null(trained):
     assert "SQuAD v2 (eval)" in stdout
 
 
-@pytest.mark.parametrize("name", ["nli", "ner", "qa"])
-def test_eval_is_identical_at_world_sizes_1_2_3(trained, name, cli):
-    """World size 1 is `launcher eval`'s default: it runs in the calling process (here, in
-    this one, leaving nothing of torch.distributed initialised); 2 and 3 under torchrun."""
+WORLD_EVAL = ("nli", "ner", "qa")
+
+
+def _written(out: Path) -> tuple[str, dict, str]:
+    """What an evaluation wrote: metrics.json as text and as numbers less the step it names
+    (the run's own evaluation names its step, `launcher eval` -1), and errors.jsonl."""
+    text = (out / "metrics.json").read_text()
+    metrics = json.loads(text)
+    metrics.pop("step")
+    return text, metrics, (out / "errors.jsonl").read_text()
+
+
+@pytest.fixture(scope="module")
+def at_world_3(trained):
+    """`launcher eval RUN --nproc-per-node 3` of each run in WORLD_EVAL, launched together:
+    name -> what it wrote, read before anything else writes final-on-eval again."""
+    runs = [trained(name)[0] for name in WORLD_EVAL]
+    done = launch_together(*[["eval", rd.root, "--nproc-per-node", "3"] for rd in runs],
+                           OMP_NUM_THREADS="1")
+    seen = {}
+    for name, rd, proc in zip(WORLD_EVAL, runs, done):
+        assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
+        assert "(3 process(es))" in proc.stdout
+        seen[name] = _written(rd.eval / "final-on-eval")
+    return seen
+
+
+@pytest.mark.parametrize("name", WORLD_EVAL)
+def test_eval_is_identical_at_world_sizes_1_2_3(trained, at_world_3, name, cli):
+    """World size 2: the run's own evaluation at its last step, on its 2 training ranks (the
+    same weights the export holds). World size 1: `launcher eval`'s default, which runs in the
+    calling process (here, in this one, leaving nothing of torch.distributed initialised).
+    World size 3: `launcher eval --nproc-per-node 3` under torchrun (the fixture)."""
     import torch.distributed as dist
 
     rd, _ = trained(name)
     rows = len(_eval_rows(name))
     assert rows % 2 and rows % 3 and rows % 64, "the eval set must divide by neither"
-    seen = []
-    for nproc in (1, 2, 3):
-        if nproc == 1:
-            proc = cli("eval", rd.root)
-            assert not dist.is_initialized()
-        else:
-            proc = launcher("eval", rd.root, "--nproc-per-node", nproc)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        out = rd.eval / "final-on-eval"
-        seen.append(((out / "metrics.json").read_text(), (out / "errors.jsonl").read_text()))
-        assert json.loads(seen[-1][0])["examples"] == rows
-    assert seen[0] == seen[1] == seen[2]
-    # ... and the same numbers the run itself reported at its last step.
-    during = _final_metrics(rd)
-    after = json.loads(seen[0][0])
-    for key in ("accuracy", "macro_f1", "f1", "exact"):
-        if key in during:
-            assert after[key] == during[key]
+    proc = cli("eval", rd.root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not dist.is_initialized()
+    one = _written(rd.eval / "final-on-eval")
+    two = _written(sorted(rd.eval.glob("step-*"))[-1])
+    three = at_world_3[name]
+    assert one[1]["examples"] == rows
+    assert one == three  # byte for byte
+    assert two[1:] == one[1:]
+    assert one[2], "errors.jsonl compared empty: the model is perfect, or nothing was written"
 
 
 def test_eval_a_checkpoint_on_another_file(trained, tmp_path, cli):
