@@ -47,7 +47,7 @@ ARGS = ["--nproc-per-node", "2", "run.max_steps=20", "run.epochs=None", "checkpo
         "checkpoint.keep_last=3", "eval.every=10", "eval.max_examples=64", "run.log_every=1",
         "data.num_workers=2"]
 STEPS, EPOCH = 20, 15
-LOG_EVERY = 3  # the chain's: its stops at 4, 5 (a fallback) and 15 cut a window, 6 does not
+LOG_EVERY = 3  # the chain's: a stop at 4 or 15 (and the fallback to 4) cuts a window, 6 not
 # The chain's faults, launch by launch. A signal on one rank is agreed one step later, when
 # every rank saves: at 3 the save of 4 comes just before the periodic checkpoint of 5 (and
 # both ranks get a second signal during it); at 5 the save of 6 right after it; at 14 the
@@ -75,13 +75,18 @@ def _run_args(out: Path, train: Path, *extra: str) -> list:
     return ["run", TINY, *ARGS, f"data.train={train}", f"run.output_dir={out}", *extra]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def _start(args: list, fault: str | None = None) -> subprocess.Popen:
     # One thread a process: several launches share 2 cores (torchrun sets it for 2 ranks).
     env = dict(cli_env(), OMP_NUM_THREADS="1")
     if fault:
         env["LAUNCHER_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -113,7 +118,16 @@ def _flip_byte(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("resume")
+    try:
+        return _runs(tmp_path_factory.mktemp("resume"))
+    finally:  # a launch left running by a failed assertion: SIGTERM (it saves and exits)
+        for proc in _STARTED:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=120)
+
+
+def _runs(root: Path) -> dict:
     train = _rows(root / "train.jsonl", 1000)
     epoch_train = _rows(root / "train96.jsonl", EPOCH_ROWS)
     ref, chain, epoch = RunDir(root / "reference"), RunDir(root / "chain"), RunDir(root / "epoch")
