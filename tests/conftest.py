@@ -74,7 +74,7 @@ SLOW: dict[str, set[str] | None] = {
                       "test_mlflow_resume_on_another_world_size_keeps_params_and_tags_the_change"},
     "test_train_local": None,
     "test_untrusted_checkpoints": {
-        "test_crafted_dcp_checkpoint_is_refused_and_the_run_resumes_from_the_one_before"},
+        "test_crafted_dcp_checkpoint_is_refused_before_launch_and_by_eval"},
 }
 SLOW_PREFIXES = ("test_fsdp",)  # FSDP launches (engineer 14's new files): torchrun, all of them
 QUICK_LIMIT_S = 2.0  # an unmarked test slower than this is named at the end of the run

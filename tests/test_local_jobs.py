@@ -2,8 +2,10 @@
 
 The local executor records its launcher process in RUN_DIR/local_job.json while it runs;
 status reads it (and the run directory) and cancel sends that process SIGTERM, which lets every
-rank save its step and exit. One real 2-rank run is cancelled and resumed; the other states
-are run directories made here, with no launch.
+rank save its step and exit. Here every state is a run directory made here, with no launch; a
+real 2-rank run cancelled, its status read and resumed is in tests/test_resume.py
+(test_cancel_a_local_run_then_resume), where that launch also serves the resume on another
+world size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY, cli_env, launcher
+from conftest import TINY
 from launcher import cli
 from launcher import plan as plan_mod
 from launcher.recipe.load import load
@@ -110,43 +112,3 @@ def test_logs_of_a_local_run(rd, capsys):
     assert capsys.readouterr().out == "rank 1 of 2: hello\n"
     assert cli.main(["logs", str(rd.root), "--rank", "3"]) == 2
     assert "use one of ['rank1']" in capsys.readouterr().err
-
-
-def test_cancel_a_local_run_then_resume(tmp_path, capsys):
-    """`launcher cancel` while a 2-rank run trains: every rank saves the step it is on, status
-    says preempted at that step, and `launcher resume` finishes the run."""
-    out = tmp_path / "run"
-    steps = 30
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", str(TINY),
-                             "--nproc-per-node", "2", f"run.max_steps={steps}", "run.epochs=None",
-                             "run.log_every=1", "eval.every=0", "data.eval=none",
-                             f"run.output_dir={out}"], cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rd = RunDir(out)
-    try:
-        # Cancel once the first step is logged: the run is then training, with steps to go.
-        deadline = time.monotonic() + 240
-        while not (rd.metrics.is_file() and rd.metrics.read_text().strip()):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no step logged"
-            time.sleep(0.05)
-        assert cli.main(["cancel", str(out)]) == 0
-        assert "sent SIGTERM to the launcher" in capsys.readouterr().out
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 75, stdout[-2000:] + stderr[-3000:]
-    saved = json.loads(rd.preempted.read_text())["step"]
-    assert 0 < saved < steps and rd.latest() == rd.checkpoint(saved)
-    said = status(out, capsys)
-    assert f"preempted at step {saved} (SIGTERM)" in said and "ended" in said
-    assert cli.main(["cancel", str(out)]) == 2  # nothing runs any more
-    assert "is not running here" in capsys.readouterr().err
-
-    resumed = launcher("resume", out)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {out} from step {saved} of {steps}" in resumed.stdout
-    assert json.loads(rd.summary.read_text())["steps"] == steps
-    said = status(out, capsys)
-    assert "finished" in said and f"{steps} of {steps}" in said

@@ -1,17 +1,29 @@
-"""The fault suite: preemption, a rank killed mid-save, damaged files, another world size.
+"""The fault suite: preemption, a rank killed mid-save, damaged and crafted checkpoints, a
+`launcher cancel`, another world size.
 
-Every run here is the tiny recipe on 2 gloo ranks in fp32 with 2 DataLoader workers; a run
-that is stopped and resumed must end with the very weights, and log the very losses, of one
-that never stopped.
+Every run here is the tiny recipe on 2 gloo ranks in fp32 with 2 DataLoader workers, on the
+first 1,000 rows of its training file (15 steps an epoch); a run that is stopped and resumed
+must end with the very weights, and log the very losses, of one that never stopped.
+
+The launches are few and made once, by the module's `runs` fixture, those that share nothing
+at the same time; each test below checks one behaviour on what they left:
+- `chain`: one run stopped four times, each launch going on from where the last one left it
+  (a signal before a periodic checkpoint with a second signal on each rank during its save; a
+  signal right after one, continued by `launcher run`; a rank killed in a save; a resume past a
+  damaged and a crafted checkpoint, stopped on the epoch's last step), then finished; logging
+  every 3 steps, so most stops cut a log window.
+- `reference`: the same run, uninterrupted, logging every step.
+- `epoch`: one epoch of global batch 96, stopped by `launcher cancel`, then resumed on 1 and
+  on 3 ranks (copies, at once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,160 +34,76 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY, cli_env, decoded_per_epoch, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
+from test_untrusted_checkpoints import Payload, craft_dcp
+from launcher import cli as cli_mod
 from launcher.checkpoint import store
 from launcher.run_dir import RunDir
 
-# 70 steps: past the end of the first epoch (62 steps of 64 examples) into the second. Evals
-# at 25, 50 and 70 interleave with training as in a real run; no test here reads their scores,
-# so they score a 64-example sample, not the split's 1,001 rows.
-ARGS = ["--nproc-per-node", "2", "run.max_steps=70", "run.epochs=None", "checkpoint.every=10",
-        "checkpoint.keep_last=2", "eval.every=25", "eval.max_examples=64", "run.log_every=1",
+# 20 steps: past the end of the first epoch (15 steps of 64 examples; 40 rows left over) into
+# the second. Evals at 10 and 20 interleave with training as in a real run (on checkpoint
+# steps: an eval that improves saves a checkpoint of its own); no test here reads their
+# scores, so they score a 64-example sample, not the split's 1,001 rows.
+ARGS = ["--nproc-per-node", "2", "run.max_steps=20", "run.epochs=None", "checkpoint.every=5",
+        "checkpoint.keep_last=3", "eval.every=10", "eval.max_examples=64", "run.log_every=1",
         "data.num_workers=2"]
+STEPS, EPOCH = 20, 15
+LOG_EVERY = 3  # the chain's: a stop at 4 or 15 (and the fallback to 4) cuts a window, 6 not
+# The chain's faults, launch by launch. A signal on one rank is agreed one step later, when
+# every rank saves: at 3 the save of 4 comes just before the periodic checkpoint of 5 (and
+# both ranks get a second signal during it); at 5 the save of 6 right after it; at 14 the
+# save of 15 is the epoch's last step.
+BEFORE = ("at=step,step=3,rank=1,do=TERM;at=save,step=4,rank=0,do=TERM;"
+          "at=save,step=4,rank=1,do=USR1")
+AFTER = "at=step,step=5,rank=1,do=TERM"
+KILLED = "at=save,step=10,rank=1,do=kill"
+EPOCH_END = "at=step,step=14,rank=1,do=TERM"
+PAYLOAD_KEY = "model.classifier.bias"
+
+# global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 20 steps (1,950 rows)
+EPOCH_ROWS, EPOCH_STEPS = 1950, 20
+ONE_EPOCH_OF_96 = ["run.max_steps=None", "run.epochs=1", "scale.micro_batch=16",
+                   "scale.global_batch=96", "run.trace_examples=true"]
 
 
-def run(out: Path, *extra: str, fault: str | None = None, command: str = "run"):
-    args = ([command, out, *extra] if command == "resume" else
-            ["run", TINY, *ARGS, f"run.output_dir={out}", *extra])
-    return launcher(*args, fault=fault)
+def _rows(path: Path, n: int) -> Path:
+    lines = (REPO / "data/tiny_news/train.jsonl").read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:n]))
+    return path
 
 
-def steps_logged(rd: RunDir) -> list[tuple]:
-    return [(r["step"], r["epoch"], r["loss"], r["lr"])
-            for r in map(json.loads, rd.metrics.read_text().splitlines())]
+def _run_args(out: Path, train: Path, *extra: str) -> list:
+    return ["run", TINY, *ARGS, f"data.train={train}", f"run.output_dir={out}", *extra]
 
 
-def weights(rd: RunDir) -> dict:
-    return load_file(str(rd.final / "model.safetensors"))
+_STARTED: list[subprocess.Popen] = []
 
 
-def assert_same_run(rd: RunDir, ref: RunDir) -> None:
-    assert steps_logged(rd) == steps_logged(ref)
-    a, b = weights(rd), weights(ref)
-    assert a.keys() == b.keys()
-    different = [k for k in a if not (a[k] == b[k]).all()]
-    assert not different, f"weights differ from the uninterrupted run: {different[:5]}"
+def _start(args: list, fault: str | None = None) -> subprocess.Popen:
+    # One thread a process: several launches share 2 cores (torchrun sets it for 2 ranks).
+    env = dict(cli_env(), OMP_NUM_THREADS="1")
+    if fault:
+        env["LAUNCHER_FAULT"] = fault
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> RunDir:
-    out = tmp_path_factory.mktemp("reference") / "run"
-    proc = run(out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return RunDir(out)
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def stopped(tmp_path_factory, name: str, *extra: str, fault: str) -> Path:
-    """A run stopped by `fault` (exit 75), made once per module; tests resume copies of it."""
-    out = tmp_path_factory.mktemp(name) / "run"
-    proc = run(out, *extra, fault=fault)
-    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+def _launch(args: list, fault: str | None = None) -> subprocess.CompletedProcess:
+    return _finish(_start(args, fault))
 
 
-def copy_of(stopped_run: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(stopped_run, out)
-    return out
-
-
-# A signal on one rank is agreed one step later, when every rank saves: these land the save
-# just before a periodic checkpoint (9), right after one (11) and on the epoch's last step (62);
-# ELSEWHERE stops somewhere else.
-STOPS = [8, 10, 61]
-# Somewhere else: drawn once, from a fixed seed, so the test ids are the same at every collection.
-ELSEWHERE = random.Random(18).randint(2, 68)
-
-
-def _assert_preempted(out: Path, first, signal_step: int) -> None:
-    assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
-    rd = RunDir(out)
-    saved = signal_step + 1
-    assert json.loads((out / "preempted.json").read_text())["step"] == saved
-    assert rd.latest() == rd.checkpoint(saved)
-    assert "launcher resume" in first.stdout
-
-
-def _assert_continued(out: Path, second, signal_step: int, reference) -> None:
-    rd = RunDir(out)
-    saved = signal_step + 1
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"from step {saved}" in second.stdout
-    assert json.loads(rd.summary.read_text())["resumed_from"] == saved
-    assert_same_run(rd, reference)
-
-
-CHAIN = sorted({*STOPS, ELSEWHERE})
-
-
-@pytest.mark.parametrize("signal_steps", [CHAIN],
-                         ids=["signal-at-" + "-".join(map(str, CHAIN))])
-def test_preempted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, reference,
-                                                                 signal_steps):
-    """One run preempted at every stop in turn, each launch resuming where the last one saved
-    and stopping at the next (one launch per stop, not a fresh 70-step run per stop): the last
-    launch ends with the weights and the losses of the run that never stopped. The stop at
-    ELSEWHERE is continued by `launcher run` into the preempted directory, which goes on like
-    `launcher resume`; every other one by `launcher resume`."""
-    out = tmp_path / "run"
-    launch = run(out, fault=f"at=step,step={signal_steps[0]},rank=1,do=TERM")
-    _assert_preempted(out, launch, signal_steps[0])
-    for before, signal_step in zip(signal_steps, signal_steps[1:]):
-        command = "run" if before == ELSEWHERE else "resume"
-        launch = run(out, command=command, fault=f"at=step,step={signal_step},rank=1,do=TERM")
-        assert f"from step {before + 1}" in launch.stdout, launch.stdout[-2000:]
-        _assert_preempted(out, launch, signal_step)
-    last = run(out, command="run" if signal_steps[-1] == ELSEWHERE else "resume")
-    _assert_continued(out, last, signal_steps[-1], reference)
-
-
-def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path, reference):
-    """The signal a scheduler or a person sends: to `launcher run`, through torchrun, to all."""
-    out = tmp_path / "run"
-    rd = RunDir(out)
-    env = cli_env()
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", str(TINY), *ARGS,
-                             f"run.output_dir={out}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (rd.metrics.is_file() and rd.metrics.read_text().strip()):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 75, stdout[-2000:] + stderr[-3000:]
-    step = json.loads((out / "preempted.json").read_text())["step"]
-    assert 1 <= step < 70 and rd.latest() == rd.checkpoint(step)
-    second = run(out, command="resume")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert_same_run(rd, reference)
-
-
-def test_rank_killed_while_saving_then_a_second_signal_during_a_save_change_nothing(tmp_path,
-                                                                                   reference):
-    """A rank killed in the save of step 20 leaves step 10 in charge; the resume from it is
-    then preempted at 31 with a second signal on each rank during that save, which changes
-    nothing; the resume from 31 ends as the run that never stopped. (Two tests before, each
-    with its own 70 steps; one chain of launches now.)"""
-    out = tmp_path / "run"
-    rd = RunDir(out)
-    first = run(out, fault="at=save,step=20,rank=1,do=kill")
-    assert first.returncode != 0
-    assert "rank 1 of 2 failed" in first.stderr
-    assert rd.latest() == rd.checkpoint(10)
-    assert (rd.checkpoints / "step-0000020.tmp").is_dir()  # what the killed save left
-    assert not rd.checkpoint(20).exists()
-    assert store.problem(rd.latest()) is None
-    second = run(out, command="resume",
-                 fault="at=step,step=30,rank=1,do=TERM;at=save,step=31,rank=0,do=TERM;"
-                       "at=save,step=31,rank=1,do=USR1")
-    assert "from step 10" in second.stdout
-    assert second.returncode == 75, second.stderr[-3000:]
-    assert rd.latest() == rd.checkpoint(31) and store.problem(rd.latest()) is None
-    third = run(out, command="resume")
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "from step 31" in third.stdout
-    assert json.loads(rd.summary.read_text())["resumed_from"] == 31
-    assert_same_run(rd, reference)
+def in_process(*args) -> tuple[int, str, str]:
+    """`launcher ARGS` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli_mod.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
 
 
 def _truncate(path: Path) -> None:
@@ -189,24 +117,200 @@ def _flip_byte(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stopped_at_24(tmp_path_factory) -> Path:
-    return stopped(tmp_path_factory, "stopped-at-24", fault="at=step,step=23,rank=0,do=TERM")
+def runs(tmp_path_factory) -> dict:
+    try:
+        return _runs(tmp_path_factory.mktemp("resume"))
+    finally:  # a launch left running by a failed assertion: SIGTERM (it saves and exits)
+        for proc in _STARTED:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=120)
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_byte], ids=["truncated", "byte-flipped"])
-def test_damaged_shard_is_caught_by_the_manifest_and_the_run_falls_back(tmp_path, reference,
-                                                                         stopped_at_24, damage):
-    out = copy_of(stopped_at_24, tmp_path)
-    rd = RunDir(out)
-    assert rd.latest() == rd.checkpoint(24)
-    shard = rd.checkpoint(24) / "dcp" / "__1_0.distcp"
-    damage(shard)
-    second = run(out, command="resume")
-    assert second.returncode == 0, second.stderr[-3000:]
-    said = " ".join((second.stdout + second.stderr).split())
-    assert "step-0000024 is damaged" in said and "__1_0.distcp" in said
-    assert "from step-0000020" in said
-    assert_same_run(rd, reference)
+def _runs(root: Path) -> dict:
+    train = _rows(root / "train.jsonl", 1000)
+    epoch_train = _rows(root / "train96.jsonl", EPOCH_ROWS)
+    ref, chain, epoch = RunDir(root / "reference"), RunDir(root / "chain"), RunDir(root / "epoch")
+    chain_args = _run_args(chain.root, train, f"run.log_every={LOG_EVERY}")
+    got: dict = {"reference": ref, "chain": chain, "epoch": epoch, "marker": root / "payload-ran",
+                 "recipe": [TINY, *ARGS, f"data.train={train}", f"run.log_every={LOG_EVERY}"]}
+
+    def left_by(name: str) -> None:  # where the chain's launch `name` left it
+        saved = json.loads(chain.preempted.read_text())["step"] if chain.preempted.is_file() \
+            else None
+        got[name + "_left"] = (saved, chain.latest())
+        got[name + "_files"] = sorted(p.name for p in chain.checkpoints.iterdir())
+
+    # 1: the reference, the chain's first stop, and the epoch run, which `launcher cancel`
+    # stops once it has logged a step.
+    procs = [_start(_run_args(ref.root, train)), _start(chain_args, BEFORE),
+             _start(_run_args(epoch.root, epoch_train, *ONE_EPOCH_OF_96))]
+    deadline = time.monotonic() + 300
+    while not (epoch.metrics.is_file() and epoch.metrics.read_text().strip()):
+        assert procs[2].poll() is None, _finish(procs[2]).stderr[-3000:]
+        assert time.monotonic() < deadline, "no step logged"
+        time.sleep(0.05)
+    got["cancel"] = in_process("cancel", epoch.root)
+    got["reference_run"], got["before"], got["cancelled"] = map(_finish, procs)
+    left_by("before")
+    assert got["reference_run"].returncode == 0, got["reference_run"].stderr[-3000:]
+    # What the refusals below start from: the chain as its first stop left it.
+    got["stopped"] = root / "stopped"
+    shutil.copytree(chain.root, got["stopped"])
+
+    # 2: the chain goes on by `launcher run`; the epoch run resumes on 1 and on 3 ranks.
+    got["worlds"] = {w: RunDir(root / f"epoch-on-{w}") for w in (1, 3)}
+    for rd in got["worlds"].values():
+        shutil.copytree(epoch.root, rd.root)
+    procs = [_start(chain_args, AFTER),
+             *(_start(["resume", rd.root, "--nproc-per-node", w])
+               for w, rd in got["worlds"].items())]
+    got["after"], *resumed = map(_finish, procs)
+    left_by("after")
+    got["world_runs"] = dict(zip(got["worlds"], resumed))
+
+    # 3-5: the chain alone.
+    got["killed"] = _launch(["resume", chain.root], KILLED)
+    left_by("killed")
+    got["killed_problem"] = store.problem(chain.latest())
+    got["damaged"] = chain.checkpoint(6)
+    got["crafted"] = chain.checkpoint(5)
+    if got["damaged"].is_dir() and got["crafted"].is_dir():
+        _truncate(got["damaged"] / "dcp" / "__1_0.distcp")
+        craft_dcp(got["crafted"], PAYLOAD_KEY, Payload(got["marker"]))
+    got["past_damage"] = _launch(["resume", chain.root], EPOCH_END)
+    left_by("past_damage")
+    got["last"] = _launch(["resume", chain.root])
+    return got
+
+
+def steps_logged(rd: RunDir) -> list[tuple]:
+    return [(r["step"], r["epoch"], r["loss"], r["lr"])
+            for r in map(json.loads, rd.metrics.read_text().splitlines())]
+
+
+def weights(rd: RunDir) -> dict:
+    return load_file(str(rd.final / "model.safetensors"))
+
+
+def assert_same_weights(rd: RunDir, ref: RunDir) -> None:
+    a, b = weights(rd), weights(ref)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, f"weights differ from the uninterrupted run: {different[:5]}"
+
+
+def _said(proc) -> str:
+    return " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_reference_runs_uninterrupted(runs):
+    rd = runs["reference"]
+    assert [s for s, *_ in steps_logged(rd)] == list(range(1, STEPS + 1))
+    assert json.loads(rd.summary.read_text())["resumed_from"] is None
+
+
+def test_signal_before_a_periodic_checkpoint_with_a_second_one_during_the_save(runs):
+    """Rank 1 signalled after step 3: every rank saves step 4 and exits 75; a second signal
+    on each rank (TERM on 0, USR1 on 1) during that save changes nothing."""
+    first = runs["before"]
+    assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "launcher resume" in first.stdout
+    stopped = RunDir(runs["stopped"])
+    assert runs["before_left"] == (4, runs["chain"].checkpoint(4))
+    assert stopped.latest() == stopped.checkpoint(4) and store.problem(stopped.latest()) is None
+
+
+def test_launcher_run_goes_on_from_a_preempted_directory_and_stops_right_after_a_checkpoint(
+        runs):
+    """`launcher run` with the same recipe into the preempted directory goes on like
+    `launcher resume`; a signal after step 5 saves 6, right after the periodic checkpoint."""
+    after = runs["after"]
+    assert "from step 4" in after.stdout, after.stdout[-2000:]
+    assert after.returncode == 75, after.stdout[-2000:] + after.stderr[-3000:]
+    assert "launcher resume" in after.stdout
+    assert runs["after_left"] == (6, runs["chain"].checkpoint(6))
+
+
+def test_rank_killed_while_saving_leaves_the_checkpoint_before_in_charge(runs):
+    killed, rd = runs["killed"], runs["chain"]
+    assert "from step 6" in killed.stdout, killed.stdout[-2000:]
+    assert killed.returncode not in (0, 75)
+    assert "rank 1 of 2 failed" in killed.stderr
+    assert runs["killed_left"][1] == rd.checkpoint(6)
+    files = runs["killed_files"]
+    assert "step-0000010.tmp" in files  # what the killed save left
+    assert "step-0000010" not in files
+    assert runs["killed_problem"] is None  # step 6 whole, as saved (damaged later on purpose)
+
+
+def test_damaged_and_crafted_checkpoints_are_passed_over_and_the_run_falls_back(runs):
+    """Step 6's shard truncated (the manifest catches it) and step 5 crafted to run code when
+    loaded (a bytes entry: refused, its payload never runs): the resume goes on from 4, and
+    stops again on the epoch's last step."""
+    proc = runs["past_damage"]
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    said = _said(proc)
+    assert "step-0000006 is damaged" in said and "__1_0.distcp" in said
+    assert "checkpoint step-0000005 is refused" in said and PAYLOAD_KEY in said
+    assert "from step-0000004" in said
+    assert runs["past_damage_left"] == (EPOCH, runs["chain"].checkpoint(EPOCH))
+    assert not runs["marker"].exists()
+
+
+def test_byte_flipped_shard_is_caught_by_the_manifest_too(runs, tmp_path):
+    """A shard of the same size with one byte changed: the manifest's hash catches it, and
+    the choice (what the engine resumes from) falls back; truncation is resumed past above."""
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(runs["stopped"], copy.root)
+    assert store.choose(copy).path == copy.checkpoint(4)
+    _flip_byte(copy.checkpoint(4) / "dcp" / "__1_0.distcp")
+    choice = store.choose(copy)
+    assert choice.path is None  # the stop at 4 left no older checkpoint
+    assert any("step-0000004 is damaged" in w and "__1_0.distcp" in w for w in choice.warnings)
+
+
+def test_preempted_at_every_stop_the_resumed_run_matches_an_uninterrupted_one(runs):
+    """After the stops at 4, 6, a kill in the save of 10, a fallback to 4 and a stop at 15
+    (the epoch's last step), the last launch ends with the weights of the run that never
+    stopped; every line it logged (every 3 steps) is the mean of the uninterrupted run's
+    losses over that window, even where a stop cut the window."""
+    rd, ref, last = runs["chain"], runs["reference"], runs["last"]
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert f"from step {EPOCH}" in last.stdout
+    assert json.loads(rd.summary.read_text())["resumed_from"] == EPOCH
+    assert_same_weights(rd, ref)
+    per_step = {s: (epoch, loss, lr) for s, epoch, loss, lr in steps_logged(ref)}
+    logged = {s: (epoch, loss, lr) for s, epoch, loss, lr in steps_logged(rd)}
+    assert sorted(logged) == [*range(LOG_EVERY, STEPS, LOG_EVERY), STEPS]
+    for step, (epoch, loss, lr) in logged.items():
+        first = step - step % LOG_EVERY + 1 if step % LOG_EVERY else step - LOG_EVERY + 1
+        window = [per_step[s][1] for s in range(first, step + 1)]
+        assert loss == pytest.approx(sum(window) / len(window), rel=1e-9), step
+        assert (epoch, lr) == (per_step[step][0], per_step[step][2]), step
+
+
+def test_cancel_a_local_run_then_resume(runs, capsys):
+    """`launcher cancel` (SIGTERM to the launcher, which torchrun passes to every rank) while
+    a 2-rank run trains: every rank saves the step it is on, status says preempted at that
+    step, cancel then refuses, and `launcher resume` finishes the run."""
+    rc, out, err = runs["cancel"]
+    assert rc == 0 and "sent SIGTERM to the launcher" in out, err
+    rd, proc = runs["epoch"], runs["cancelled"]
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    saved = json.loads(rd.preempted.read_text())["step"]
+    assert 0 < saved < EPOCH_STEPS and rd.latest() == rd.checkpoint(saved)
+    assert cli_mod.main(["status", str(rd.root)]) == 0
+    said = capsys.readouterr().out
+    assert f"preempted at step {saved} (SIGTERM)" in said and "ended" in said
+    assert cli_mod.main(["cancel", str(rd.root)]) == 2  # nothing runs any more
+    assert "is not running here" in capsys.readouterr().err
+    done = runs["worlds"][3]
+    assert (f"resuming {done.root} from step {saved} of {EPOCH_STEPS}"
+            in runs["world_runs"][3].stdout)
+    assert cli_mod.main(["status", str(done.root)]) == 0
+    said = capsys.readouterr().out
+    assert "finished" in said and f"{EPOCH_STEPS} of {EPOCH_STEPS}" in said
 
 
 def _ledger(rd: RunDir, step: int | None = None) -> list[str]:
@@ -217,45 +321,37 @@ def _ledger(rd: RunDir, step: int | None = None) -> list[str]:
     return ids
 
 
-# global batch 96 = 2 x 16 x 3 = 3 x 16 x 2 = 1 x 16 x 6; one epoch of 41 steps
-ONE_EPOCH_OF_96 = ["run.max_steps=None", "run.epochs=1", "scale.micro_batch=16",
-                   "scale.global_batch=96", "run.trace_examples=true"]
-
-
-@pytest.fixture(scope="module")
-def epoch_stopped_at_17(tmp_path_factory) -> Path:
-    return stopped(tmp_path_factory, "epoch-stopped-at-17", *ONE_EPOCH_OF_96,
-                   fault="at=step,step=16,rank=1,do=USR1")
-
-
 @pytest.mark.parametrize("world", [1, 3])
-def test_resume_on_another_world_size_trains_every_example_once(tmp_path, epoch_stopped_at_17,
-                                                                 world):
-    """2 ranks, preempted, then 1 or 3: the epoch's examples (shuffled) are each trained
+def test_resume_on_another_world_size_trains_every_example_once(runs, world):
+    """2 ranks, cancelled, then 1 or 3: the epoch's examples (shuffled) are each trained
     exactly once, and each rank decodes only its own rows."""
-    out = copy_of(epoch_stopped_at_17, tmp_path)
-    rd = RunDir(out)
-    second = run(out, "--nproc-per-node", str(world), command="resume")
+    rd, second = runs["worlds"][world], runs["world_runs"][world]
     assert second.returncode == 0, second.stderr[-3000:]
+    saved = json.loads(runs["epoch"].preempted.read_text())["step"]
     plan = json.loads((rd.plan / "plan.json").read_text())
     assert (plan["world_size"], plan["grad_accum"], plan["global_batch"]) == (world, 6 // world, 96)
     ids = _ledger(rd)
-    assert len(ids) == 41 * 96 and len(set(ids)) == len(ids)
+    assert len(ids) == EPOCH_STEPS * 96 and len(set(ids)) == len(ids)
     step_one = sorted(_ledger(rd, step=1))
     assert step_one != sorted(f"tn-{k:05d}" for k in range(96)), "the epoch is in file order"
-    # Resumed after step 17 (17 x 96 examples): 2,304 examples left, rows / world per rank.
-    left = (41 - 17) * 96 // world
+    # Resumed after `saved` steps of 96 examples: the rest, rows / world per rank.
+    left = (EPOCH_STEPS - saved) * 96 // world
     assert decoded_per_epoch(rd) == [(r, 0, left, left) for r in range(world)]
     summary = json.loads(rd.summary.read_text())
-    assert summary["steps"] == 41 and summary["world_size"] == world
-    assert [r[0] for r in steps_logged(rd)] == list(range(1, 42))
+    assert summary["steps"] == EPOCH_STEPS and summary["world_size"] == world
+    assert [r[0] for r in steps_logged(rd)] == list(range(1, EPOCH_STEPS + 1))
     # The last checkpoint was written by `world` ranks: the manifest holds what each wrote.
     assert_manifest_is_what_each_rank_wrote(rd.latest(), world=world, strategy="ddp")
 
 
-def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path, stopped_at_24,
-                                                                       cli):
-    out = copy_of(stopped_at_24, tmp_path)
+def copy_of(stopped_run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    return out
+
+
+def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path, runs, cli):
+    out = copy_of(runs["stopped"], tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
     proc = cli("resume", out, "--nproc-per-node", "3")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -263,35 +359,36 @@ def test_resume_refuses_a_world_size_that_cannot_keep_the_global_batch(tmp_path,
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
 
 
-def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, stopped_at_24, cli):
-    out = copy_of(stopped_at_24, tmp_path)
+def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(tmp_path, runs, cli):
+    out = copy_of(runs["stopped"], tmp_path)
     before = sorted(p.name for p in RunDir(out).checkpoints.iterdir())
-    proc = cli("run", TINY, f"run.output_dir={out}",
+    same = runs["recipe"]  # the chain's recipe and overrides
+    proc = cli("run", *same, f"run.output_dir={out}",
                "task.labels=['World','Sports','Business','Science']")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "task.labels was ['World', 'Sports', 'Business', 'Sci/Tech']" in proc.stderr
-    proc = cli("run", TINY, f"run.output_dir={out}", "model.head_hidden=16")
+    proc = cli("run", *same, f"run.output_dir={out}", "model.head_hidden=16")
     assert proc.returncode == 2 and "model.head_hidden was None" in proc.stderr
-    proc = cli("run", TINY, f"run.output_dir={out}", "scale.global_batch=128")
+    proc = cli("run", *same, f"run.output_dir={out}", "scale.global_batch=128")
     assert proc.returncode == 2 and "scale.global_batch=64" in proc.stderr
     # the saved position counts examples of a shuffled order: not of another order
-    proc = cli("run", TINY, f"run.output_dir={out}", "data.shuffle=false")
+    proc = cli("run", *same, f"run.output_dir={out}", "data.shuffle=false")
     assert proc.returncode == 2 and "data.shuffle was True" in proc.stderr
-    proc = cli("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    proc = cli("run", *same, f"run.output_dir={out}", "run.seed=7")
     assert proc.returncode == 2 and "run.seed was 42" in proc.stderr
     assert sorted(p.name for p in RunDir(out).checkpoints.iterdir()) == before
     # ... and as a user meets it, from a real process: exit 2, no traceback.
-    proc = launcher("run", TINY, f"run.output_dir={out}", "run.seed=7")
+    proc = launcher("run", *same, f"run.output_dir={out}", "run.seed=7")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "run.seed was 42" in proc.stderr
 
 
-def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path):
+def test_checkpoint_holds_nothing_that_loads_through_pickle(runs, tmp_path):
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     from launcher.checkpoint.sharded import _MetadataUnpickler, _SafeReader
 
-    ckpt = reference.latest()
+    ckpt = runs["reference"].latest()
     assert store.problem(ckpt) is None
     assert_manifest_is_what_each_rank_wrote(ckpt, world=2, strategy="ddp")
     kinds = {p.suffix or p.name for p in ckpt.rglob("*") if p.is_file()}
@@ -305,22 +402,6 @@ def test_checkpoint_holds_nothing_that_loads_through_pickle(reference, tmp_path)
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
-    import io
     import pickle
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         _MetadataUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
-
-
-def test_log_window_cut_by_a_preemption_is_whole_after_resume(tmp_path, reference):
-    """Logging every 4 steps, stopped after step 14: the line for step 16 still averages
-    steps 13 to 16, as the uninterrupted run's per-step losses say it should."""
-    out = tmp_path / "run"
-    assert run(out, "run.log_every=4", fault="at=step,step=13,rank=1,do=TERM").returncode == 75
-    assert run(out, command="resume").returncode == 0
-    per_step = {s: loss for s, _, loss, _ in steps_logged(reference)}
-    logged = {s: loss for s, _, loss, _ in steps_logged(RunDir(out))}
-    assert sorted(logged) == [*range(4, 70, 4), 70]
-    for step, loss in logged.items():
-        first = step - 3 if step % 4 == 0 else step - step % 4 + 1
-        window = [per_step[s] for s in range(first, step + 1)]
-        assert loss == pytest.approx(sum(window) / len(window), rel=1e-9), step

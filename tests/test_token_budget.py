@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, launcher
+from together import launch_together
 from launcher import cli, tasks
 from launcher import plan as plan_mod
 from launcher.engine import budget, data
@@ -185,11 +186,13 @@ def test_preempted_on_2_ranks_resumed_on_3_trains_the_same_steps(tmp_path, small
     without dropout, whose masks follow the rank an example lands on)."""
     ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
     common = [f"data.train={small_train}"]
-    proc = launcher("run", TINY, *common, f"run.output_dir={ref.root}", *RUN, "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = launcher("run", TINY, *common, f"run.output_dir={cut.root}", *RUN, "2",
-                    fault="at=step,step=3,rank=1,do=TERM")
-    assert proc.returncode == 75, proc.stderr[-3000:]
+    # The two 2-rank runs share nothing: launched at once, their start-ups overlap.
+    done = launch_together(["run", TINY, *common, f"run.output_dir={ref.root}", *RUN, "2"],
+                           ["run", TINY, *common, f"run.output_dir={cut.root}", *RUN, "2"],
+                           faults=(None, "at=step,step=3,rank=1,do=TERM"),
+                           OMP_NUM_THREADS="1")
+    assert done[0].returncode == 0, done[0].stderr[-3000:]
+    assert done[1].returncode == 75, done[1].stderr[-3000:]
     state = json.loads((cut.latest() / "trainer_state.json").read_text())
     saved = state["step"]  # the ranks agree on a signal one step later
     assert saved in (3, 4) and 0 < state["position"]["examples"] < 400
