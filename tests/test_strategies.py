@@ -13,6 +13,11 @@ gradients and clips by a norm summed from shards, which may round differently fr
 all-reduce (on these 2 ranks it came out bit-identical, 2026-11-30). A lost
 optimizer state, a wrong data position or a wrong learning rate after the resume moves the
 loss by 1e-3 or more.
+
+The launches share nothing, so they run in two waves (tests/together.py): the DDP run and every
+strategy's stopped run at once, then every resume at once; the tests read them (the checks of
+a stopped run's checkpoint come before the resumes, which keep only the last 2 checkpoints).
+Eval is not under test here: 32 examples at the last step, the same in every run.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY, launcher
+from conftest import TINY
+from together import launch_together
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.run_dir import RunDir
@@ -34,17 +40,14 @@ LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-5
 STEPS, SIGNAL_AT = 20, 12
 ARGS = ["--nproc-per-node", "2", f"run.max_steps={STEPS}", "run.epochs=None", "run.log_every=1",
-        "eval.every=0", "checkpoint.every=10", "checkpoint.keep_last=2"]
+        "eval.every=0", "eval.max_examples=32", "checkpoint.every=10", "checkpoint.keep_last=2"]
 ZERO = ("zero1", "zero2", "zero3", "zero3_offload")
+STRATEGIES = (*ZERO, "fsdp")
+STOP = f"at=step,step={SIGNAL_AT},rank=1,do=TERM"
 
 
-def launch(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    return launcher(*args, timeout=600, fault=fault)
-
-
-def run(out: Path, strategy: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    return launch("run", TINY, *ARGS, f"scale.strategy={strategy}", f"run.output_dir={out}",
-                  fault=fault)
+def run_args(out: Path, strategy: str) -> list:
+    return ["run", TINY, *ARGS, f"scale.strategy={strategy}", f"run.output_dir={out}"]
 
 
 def losses(rd: RunDir) -> dict[int, float]:
@@ -52,12 +55,36 @@ def losses(rd: RunDir) -> dict[int, float]:
             if "lr" in r}
 
 
+def _out(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory) -> RunDir:
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    proc = run(out, "ddp")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return RunDir(out)
+def stopped(tmp_path_factory) -> dict:
+    """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
+    rank 1 after step SIGNAL_AT, all at once. {name: (run dir, its launch)}."""
+    root = tmp_path_factory.mktemp("strategies")
+    names = ("ddp", *STRATEGIES)
+    procs = launch_together(*(run_args(root / name, name) for name in names),
+                            faults=(None, *(STOP for _ in STRATEGIES)), OMP_NUM_THREADS="1")
+    return {name: (RunDir(root / name), proc) for name, proc in zip(names, procs)}
+
+
+@pytest.fixture(scope="module")
+def ddp(stopped) -> RunDir:
+    rd, proc = stopped["ddp"]
+    assert proc.returncode == 0, _out(proc)
+    return rd
+
+
+@pytest.fixture(scope="module")
+def resumed(stopped) -> dict:
+    """Wave 2: `launcher resume` of every stopped run, all at once (after the stopped-run
+    tests: pytest runs this file's tests in order)."""
+    names = [name for name in STRATEGIES if stopped[name][1].returncode == 75]
+    procs = launch_together(*(["resume", stopped[name][0].root] for name in names),
+                            OMP_NUM_THREADS="1")
+    return dict(zip(names, procs))
 
 
 def _assert_own_format(ckpt: Path, strategy: str) -> None:
@@ -99,12 +126,10 @@ def assert_sharded_by_fsdp(ckpt: Path, world: int) -> None:
     assert sum(shares) == total  # the shards add up to the model: nothing is replicated
 
 
-@pytest.mark.parametrize("strategy", [*ZERO, "fsdp"])
-def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(tmp_path, ddp, strategy):
-    out = tmp_path / "run"
-    rd = RunDir(out)
-    first = run(out, strategy, fault=f"at=step,step={SIGNAL_AT},rank=1,do=TERM")
-    assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_stopped_saves_its_own_checkpoint_format(tmp_path, stopped, cli, strategy):
+    rd, first = stopped[strategy]
+    assert first.returncode == 75, _out(first)
     saved = SIGNAL_AT + 1
     assert rd.latest() == rd.checkpoint(saved)
     _assert_own_format(rd.latest(), strategy)
@@ -112,7 +137,7 @@ def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(tmp_path, 
     if strategy in ZERO:
         # DeepSpeed's shards are cut for 2 ranks: another world size is refused before launch.
         before = sorted(p.name for p in rd.checkpoints.iterdir())
-        other = launch("resume", out, "--nproc-per-node", "1")
+        other = cli("resume", rd.root, "--nproc-per-node", "1")
         assert other.returncode == 2, other.stdout + other.stderr
         assert "DeepSpeed ZeRO checkpoint of 2 ranks" in other.stderr
         assert sorted(p.name for p in rd.checkpoints.iterdir()) == before
@@ -123,9 +148,15 @@ def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(tmp_path, 
             from test_untrusted_checkpoints import assert_crafted_zero_is_refused
             assert_crafted_zero_is_refused(rd, tmp_path)
 
-    second = launch("resume", out)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    assert f"from step {saved}" in second.stdout
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(ddp, stopped, resumed,
+                                                                      strategy):
+    rd, first = stopped[strategy]
+    assert first.returncode == 75, _out(first)
+    second = resumed[strategy]
+    assert second.returncode == 0, _out(second)
+    assert f"from step {SIGNAL_AT + 1}" in second.stdout
 
     mine, ref = losses(rd), losses(ddp)
     assert sorted(mine) == list(range(1, STEPS + 1)) == sorted(ref)
