@@ -248,4 +248,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # As the engine's ranks leave: a finished rank skips the interpreter's teardown, where a
+    # thread still alive in torch or tokenizers sometimes aborts it ("terminate called
+    # without an active exception", seen at 2 ranks on CPU) after its result is written.
+    from launcher.engine.main import leave
+
+    leave(main(sys.argv[1:]))
