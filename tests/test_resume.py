@@ -25,16 +25,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, cli_env, decoded_per_epoch, launcher
+from conftest import REPO, TINY, decoded_per_epoch, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from test_untrusted_checkpoints import Payload, craft_dcp
+from together import finish, start
 from launcher import cli as cli_mod
 from launcher.checkpoint import store
 from launcher.run_dir import RunDir
@@ -80,22 +80,13 @@ _STARTED: list[subprocess.Popen] = []
 
 def _start(args: list, fault: str | None = None) -> subprocess.Popen:
     # One thread a process: several launches share 2 cores (torchrun sets it for 2 ranks).
-    env = dict(cli_env(), OMP_NUM_THREADS="1")
-    if fault:
-        env["LAUNCHER_FAULT"] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(args, fault, OMP_NUM_THREADS="1")
     _STARTED.append(proc)
     return proc
 
 
-def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    out, err = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 def _launch(args: list, fault: str | None = None) -> subprocess.CompletedProcess:
-    return _finish(_start(args, fault))
+    return finish(_start(args, fault))
 
 
 def in_process(*args) -> tuple[int, str, str]:
@@ -147,11 +138,11 @@ def _runs(root: Path) -> dict:
              _start(_run_args(epoch.root, epoch_train, *ONE_EPOCH_OF_96))]
     deadline = time.monotonic() + 300
     while not (epoch.metrics.is_file() and epoch.metrics.read_text().strip()):
-        assert procs[2].poll() is None, _finish(procs[2]).stderr[-3000:]
+        assert procs[2].poll() is None, finish(procs[2]).stderr[-3000:]
         assert time.monotonic() < deadline, "no step logged"
         time.sleep(0.05)
     got["cancel"] = in_process("cancel", epoch.root)
-    got["reference_run"], got["before"], got["cancelled"] = map(_finish, procs)
+    got["reference_run"], got["before"], got["cancelled"] = map(finish, procs)
     left_by("before")
     assert got["reference_run"].returncode == 0, got["reference_run"].stderr[-3000:]
     # What the refusals below start from: the chain as its first stop left it.
@@ -165,7 +156,7 @@ def _runs(root: Path) -> dict:
     procs = [_start(chain_args, AFTER),
              *(_start(["resume", rd.root, "--nproc-per-node", w])
                for w, rd in got["worlds"].items())]
-    got["after"], *resumed = map(_finish, procs)
+    got["after"], *resumed = map(finish, procs)
     left_by("after")
     got["world_runs"] = dict(zip(got["worlds"], resumed))
 
