@@ -47,7 +47,7 @@ import logging
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -136,6 +136,32 @@ def _rank_share(epoch: Any, chunk: list[tuple[int, dict]]) -> dict:
     return batch
 
 
+def _dealt(epoch: Any, examples: Iterator[tuple[int, dict]], read: list[int],
+           ended: Callable[[], dict]) -> Iterator[dict]:
+    """This DataLoader worker's global micro batches (world x micro examples each; worker w
+    of n makes micro batches w, w + n, ...), at most epoch.max_batches in all: this rank's
+    share of each, encoded, with what `ended()` says of where it ended and `decoded`, the
+    rows read for it (`read[0]` counts them as `examples` goes)."""
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    width = epoch.world * epoch.micro
+    chunk: list[tuple[int, dict]] = []
+    made, counted = 0, 0
+    for example in examples:
+        chunk.append(example)
+        if len(chunk) < width:
+            continue
+        if made % workers == worker:
+            batch = _rank_share(epoch, chunk)
+            batch.update(ended())
+            batch["decoded"], counted = read[0] - counted, read[0]
+            yield batch
+        made, chunk = made + 1, []
+        if made == epoch.max_batches:
+            return
+    # A last global micro batch short of `width` is dropped on every rank alike.
+
+
 class TrainEpoch(IterableDataset):
     """A stream: this rank's micro batches of one epoch, from a row on; each batch carries
     `row_end`, the row just past the last example of its global micro batch, and `decoded`,
@@ -150,28 +176,16 @@ class TrainEpoch(IterableDataset):
         self.start_row, self.max_batches = start_row, max_batches
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        width = self.world * self.micro
-        chunk: list[tuple[int, dict]] = []
-        made, seen, counted = 0, 0, 0
-        for index, row in enumerate(sources.iter_rows(self.rows, self.start_row),
-                                    start=self.start_row):
-            seen += 1
-            if self.task.is_empty(row):
-                continue
-            chunk.append((index, row))
-            if len(chunk) < width:
-                continue
-            if made % workers == worker:
-                batch = _rank_share(self, chunk)
-                batch["row_end"] = index + 1
-                batch["decoded"], counted = seen - counted, seen
-                yield batch
-            made, chunk = made + 1, []
-            if made == self.max_batches:
-                return
-        # A last global micro batch short of `width` is dropped on every rank alike.
+        read, end = [0], [self.start_row]
+
+        def examples() -> Iterator[tuple[int, dict]]:
+            for index, row in enumerate(sources.iter_rows(self.rows, self.start_row),
+                                        start=self.start_row):
+                read[0] += 1
+                if not self.task.is_empty(row):
+                    end[0] = index + 1
+                    yield index, row
+        return _dealt(self, examples(), read, lambda: {"row_end": end[0]})
 
 
 class IndexedEpoch(IterableDataset):
@@ -555,26 +569,10 @@ class MergedEpoch(IterableDataset):
         self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        width = self.world * self.micro
-        streams = copy.deepcopy(self.streams)
-        chunk: list[tuple[int, dict]] = []
-        made, read, counted = 0, [0], 0
-        for example in merged_examples(self.rows, self.task, self.size, self.seed,
-                                       self.epoch, streams, self.old_micro, self.examples,
-                                       read):
-            chunk.append(example)
-            if len(chunk) < width:
-                continue
-            if made % workers == worker:
-                batch = _rank_share(self, chunk)
-                batch["streams"] = copy.deepcopy(streams)
-                batch["decoded"], counted = read[0] - counted, read[0]
-                yield batch
-            made, chunk = made + 1, []
-            if made == self.max_batches:
-                return
+        streams, read = copy.deepcopy(self.streams), [0]
+        examples = merged_examples(self.rows, self.task, self.size, self.seed, self.epoch,
+                                   streams, self.old_micro, self.examples, read)
+        return _dealt(self, examples, read, lambda: {"streams": copy.deepcopy(streams)})
 
 
 def joined_position(pos: Position, shared: list) -> Position:
@@ -631,25 +629,15 @@ class WindowedEpoch(IterableDataset):
         self.pack_to, self.pack_rows_multiple = pack_to, pack_rows_multiple
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        width = self.world * self.micro
-        chunk: list[tuple[int, dict]] = []
-        made, read, counted = 0, [0], 0
-        for window, offset, index, row in windowed_examples(
-                self.stream, self.task, self.size, self.seed, self.epoch, self.window,
-                self.offset, read):
-            chunk.append((index, row))
-            if len(chunk) < width:
-                continue
-            if made % workers == worker:
-                batch = _rank_share(self, chunk)
-                batch["window_end"], batch["offset_end"] = window, offset
-                batch["decoded"], counted = read[0] - counted, read[0]
-                yield batch
-            made, chunk = made + 1, []
-            if made == self.max_batches:
-                return
+        read, end = [0], {}
+
+        def examples() -> Iterator[tuple[int, dict]]:
+            for window, offset, index, row in windowed_examples(
+                    self.stream, self.task, self.size, self.seed, self.epoch, self.window,
+                    self.offset, read):
+                end.update(window_end=window, offset_end=offset)
+                yield index, row
+        return _dealt(self, examples(), read, lambda: dict(end))
 
 
 def _windowed_batches(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
