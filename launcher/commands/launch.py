@@ -1,6 +1,6 @@
-"""What `run`, `resume` and `sweep` do before and at a launch: the model exists, notes on the
-data and memory, the executor's own checks (and the step a run resumes from), the plan
-files, then the job."""
+"""What `run`, `resume` and `sweep` do before and at a launch: the model exists, no stale
+build lock would hang DeepSpeed, notes on the data and memory, the executor's own checks (and
+the step a run resumes from), the plan files, then the job."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def launch(plan: Plan, console: Console, *, dry_run: bool = False, explain: bool
            must_resume: bool = False) -> int:
     executor = executors.for_plan(plan)
     check_model(plan)
+    check_op_builds(plan)
     data_notes(plan, console)
     memory_note(plan, console)
     step = executor.check(plan)
@@ -45,6 +46,13 @@ def check_model(plan: Plan) -> None:
         model_source.check(plan.recipe.model)
     except RecipeError as err:
         raise err.with_source(shown(plan.recipe_path)) from None
+
+
+def check_op_builds(plan: Plan) -> None:
+    """A ZeRO run would hang on a build lock a killed op build left behind (op_builds.py)."""
+    from launcher import op_builds
+
+    op_builds.check(plan.recipe.scale.strategy)
 
 
 def model_note(plan: Plan, console: Console) -> None:

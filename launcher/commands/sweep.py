@@ -60,7 +60,7 @@ def main(args, console: Console) -> int:
 def sweep(recipe: str, axes: list[str], flags: list[str], out: Optional[str],
           console: Console) -> int:
     from launcher import plan as plan_mod
-    from launcher.commands.launch import check_model
+    from launcher.commands.launch import check_model, check_op_builds
     from launcher.recipe.load import load
 
     grid = points(axes)
@@ -74,6 +74,8 @@ def sweep(recipe: str, axes: list[str], flags: list[str], out: Optional[str],
     for plan in plans[1:]:
         if plan.recipe.model != plans[0].recipe.model:
             check_model(plan)
+    for plan in plans:  # a swept scale.strategy: each point's
+        check_op_builds(plan)
     console.print(f"sweep of {len(plans)} point(s) under {root}", highlight=False)
     if plans[0].recipe.run.executor == "slurm":
         results = _on_slurm(grid, plans, root, console)

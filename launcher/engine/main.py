@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from launcher.engine.hooks import Chain, StepHooks
+from launcher.op_builds import StaleBuildLock
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
@@ -66,13 +67,7 @@ def main(argv: list[str]) -> int:
     try:
         device.check(plan)  # before the heavy imports and before anything is built
     except device.DeviceUnavailable as err:
-        # One line, no traceback: in this rank's log, its error file (`launcher status` shows
-        # it) and, from rank 0, on the terminal (other ranks' stderr is their log already).
-        logging.getLogger("launcher.engine").error("refused: %s", err)
-        rd.rank_error(rank).write_text(f"{err}\n")
-        if rank == 0:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return _refuse(rd, rank, err)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
@@ -85,6 +80,8 @@ def main(argv: list[str]) -> int:
         trainer = Trainer(plan, plan_path.parent, hooks=step_hooks(plan, rank))
         trainer.train()
         return 0
+    except StaleBuildLock as err:  # before DeepSpeed would wait on it forever (op_builds.py)
+        return _refuse(rd, rank, err)
     except BaseException as err:
         # The executor names the first rank with an error file as the job's root cause.
         text = traceback.format_exc()
@@ -97,6 +94,16 @@ def main(argv: list[str]) -> int:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _refuse(rd: RunDir, rank: int, err: Exception) -> int:
+    """One line, no traceback: in this rank's log, its error file (`launcher status` shows it)
+    and, from rank 0, on the terminal (other ranks' stderr is their log already)."""
+    logging.getLogger("launcher.engine").error("refused: %s", err)
+    rd.rank_error(rank).write_text(f"{err}\n")
+    if rank == 0:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    return 2
 
 
 def leave(code: int) -> None:

@@ -27,7 +27,7 @@ from accelerate.utils import (DeepSpeedPlugin, FullyShardedDataParallelPlugin,
 
 from rich.console import Console
 
-from launcher import sources, tasks
+from launcher import op_builds, sources, tasks
 from launcher.checkpoint import compat, sharded, store
 from launcher.engine import budget, data, packing, step_loss
 from launcher.engine.evaluate import evaluate
@@ -60,6 +60,9 @@ def build_accelerator(plan: Plan, plan_dir: Path) -> Accelerator:
                          "fp32 on CPU")
     kwargs: dict[str, Any] = {}
     if strategy.startswith("zero"):
+        # Here too, not only in `launcher run`: a requeued Slurm job starts here, on nodes
+        # whose shared build cache the killed job may have left a lock in.
+        op_builds.check(strategy)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(plan_dir / "deepspeed.json"),
                                                      zero3_init_flag=False)
     elif strategy == "fsdp":
