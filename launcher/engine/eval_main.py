@@ -78,6 +78,8 @@ def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
     if world > 1:
         dist.init_process_group("nccl" if plan.device == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
+    # The group is taken down on a failure only: a finished rank leaves by os._exit (leave in
+    # engine/main.py), since tearing gloo down from here can hang it (main.py, _FINISHED).
     try:
         where = _device(plan)
         plan, task, tokenizer, model = load(run_dir, checkpoint, overrides)
@@ -87,9 +89,10 @@ def run_eval(run_dir: Path, checkpoint: Optional[str], data_file: Optional[str],
                         autocast=_autocast(plan, where), rank=rank, world=world,
                         lockstep=False, step=step, out_dir=RunDir(run_dir).eval / name,
                         data_file=data_file)
-    finally:
+    except BaseException:
         if world > 1:
             dist.destroy_process_group()
+        raise
 
 
 def predict(run_dir: Path, checkpoint: Optional[str], rows: list[dict],

@@ -79,6 +79,7 @@ def main(argv: list[str]) -> int:
 
         trainer = Trainer(plan, plan_path.parent, hooks=step_hooks(plan, rank))
         trainer.train()
+        _FINISHED.append(trainer)
         return 0
     except StaleBuildLock as err:  # before DeepSpeed would wait on it forever (op_builds.py)
         return _refuse(rd, rank, err)
@@ -92,8 +93,18 @@ def main(argv: list[str]) -> int:
         if trainer is not None:
             trainer.close()
         import torch.distributed as dist
-        if dist.is_initialized():
+        if dist.is_initialized() and not _FINISHED:
             dist.destroy_process_group()
+
+
+# A finished rank's trainer and process group are never freed: the rank leaves by os._exit
+# (leave). Freeing them tears down the gloo group from the main thread, which holds the GIL
+# while it joins gloo's worker threads, and a worker still dropping the last collective's
+# tensor waits for the GIL: the rank hangs there, its run finished and saved, and torchrun waits
+# on it forever (seen once in a suite run on a loaded machine; py-spy: ~ProcessGroupGloo in
+# std::thread::join under the DDP Reducer's dealloc, the worker in ~AsyncAllreduceWork waiting
+# for the GIL).
+_FINISHED: list = []
 
 
 def _refuse(rd: RunDir, rank: int, err: Exception) -> int:
