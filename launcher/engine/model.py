@@ -141,3 +141,25 @@ def load_trained(model_dir: Path, task: Task,
         raise ValueError(f"the weights do not fit the model in {model_dir}: missing "
                          f"{real_missing[:5]}, unexpected {list(unexpected)[:5]}")
     return model
+
+
+def unwrapped(model: Any, accelerator: Any, strategy: str) -> Any:
+    """The model inside its DDP wrapper (a compiled model stays compiled, as accelerate's
+    unwrap_model keeps it). accelerate's unwrap_model imports DeepSpeed on every rank to learn
+    whether the model is a DeepSpeedEngine (1.4 s a rank, as DeepSpeed imports mlflow), and
+    torch._dynamo to learn whether it is compiled (0.7 s): only a ZeRO run's model can be the
+    one, and only a run that imported dynamo can hold the other."""
+    if strategy.startswith("zero"):
+        return accelerator.unwrap_model(model)
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo")
+    compiled = None
+    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
+        compiled, model = model, model._orig_mod
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    if compiled is not None:
+        compiled._orig_mod = model
+        return compiled
+    return model

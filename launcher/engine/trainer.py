@@ -33,7 +33,7 @@ from launcher.engine import budget, data, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.hooks import StepHooks
 from launcher.engine.metrics_log import MetricsLog
-from launcher.engine.model import build_model, build_tokenizer, fsdp_block
+from launcher.engine.model import build_model, build_tokenizer, fsdp_block, unwrapped
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
@@ -434,7 +434,8 @@ class Trainer:
         step = self.state.step
         metrics = evaluate(
             plan=self.plan, task=self.task, tokenizer=self.tokenizer,
-            model=self.model if lockstep else self.accelerator.unwrap_model(self.model),
+            model=self.model if lockstep else unwrapped(self.model, self.accelerator,
+                                                         self.plan.recipe.scale.strategy),
             device=self.accelerator.device, autocast=self.accelerator.autocast, rank=self.rank,
             world=self.world, lockstep=lockstep, step=step,
             out_dir=self.rd.eval / f"step-{step:07d}")
@@ -486,9 +487,13 @@ class Trainer:
         self.hooks.after_save(self.state.step)
 
     def _export(self) -> None:
-        state = self.accelerator.get_state_dict(self.model)
+        strategy = self.plan.recipe.scale.strategy
+        if strategy.startswith("zero") or strategy == "fsdp":  # gathered from the shards
+            state = self.accelerator.get_state_dict(self.model)
+        else:  # DDP: each rank holds all of it (get_state_dict would import DeepSpeed)
+            state = unwrapped(self.model, self.accelerator, strategy).state_dict()
         if self.is_main:
-            model = self.accelerator.unwrap_model(self.model)
+            model = unwrapped(self.model, self.accelerator, strategy)
             model.save_pretrained(self.rd.final, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(self.rd.final)
         self.accelerator.wait_for_everyone()
