@@ -51,7 +51,6 @@ SLOW: dict[str, set[str] | None] = {
     "test_packing": {"test_packed_run_on_two_ranks_logs_the_padded_runs_losses",
                      "test_one_step_packed_equals_padded_loss_and_gradients"},
     "test_plan_memory": {"test_a_recipe_too_big_for_its_gpu_is_warned_about_before_launch"},
-    "test_qa_scores": None,
     "test_rank_failure": None,
     "test_render": {"test_deepspeed_accepts_every_zero_config"},
     "test_resume": None,

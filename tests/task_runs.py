@@ -1,6 +1,6 @@
 """The four tiny task twins (recipes/tiny_{nli,multilabel,ner,qa}.py), each trained once per
 test session on 2 CPU ranks, all four launched at once (tests/together.py): most of a launch is
-start-up, which overlaps. tests/test_tasks.py and tests/test_qa_scores.py read the same runs.
+start-up, which overlaps. Every test of tests/test_tasks.py reads the same runs.
 
 Each run is shortened from its recipe's epochs to a fixed number of steps at a higher learning
 rate, with one evaluation and one checkpoint, both at the last step (the engine always evaluates
