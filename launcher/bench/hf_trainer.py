@@ -220,9 +220,9 @@ def run(spec: dict, result: dict, cuda: bool) -> None:
         hardware_flops=shape.train_flops(c["padded_tokens"], c["sum_sq_padded"], c["samples"]),
         peak_memory_bytes=peaks[0] if peaks else None,
         peak_reserved_bytes=peaks[1] if peaks else None)
-    if torch.distributed.is_initialized():
-        # Accelerate leaves the group up; NCCL complains at exit when nobody took it down.
-        torch.distributed.destroy_process_group()
+    # The process group stays up (accelerate leaves it so): the rank leaves by os._exit, and
+    # taking gloo down here, with the DDP model freed after it, can hang the rank in teardown
+    # (launcher/engine/main.py, _FINISHED). No destructor runs, so NCCL has nothing to warn of.
 
 
 def main(argv: list[str]) -> int:
