@@ -73,12 +73,13 @@ def main(argv: list[str]) -> int:
     import transformers
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    trainer = None
+    trainer, finished = None, False
     try:
         from launcher.engine.trainer import Trainer
 
         trainer = Trainer(plan, plan_path.parent, hooks=step_hooks(plan, rank))
         trainer.train()
+        finished = True
         _FINISHED.append(trainer)
         return 0
     except StaleBuildLock as err:  # before DeepSpeed would wait on it forever (op_builds.py)
@@ -93,7 +94,7 @@ def main(argv: list[str]) -> int:
         if trainer is not None:
             trainer.close()
         import torch.distributed as dist
-        if dist.is_initialized() and not _FINISHED:
+        if dist.is_initialized() and not finished:
             dist.destroy_process_group()
 
 

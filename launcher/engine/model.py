@@ -144,11 +144,13 @@ def load_trained(model_dir: Path, task: Task,
 
 
 def unwrapped(model: Any, accelerator: Any, strategy: str) -> Any:
-    """The model inside its DDP wrapper (a compiled model stays compiled, as accelerate's
-    unwrap_model keeps it). accelerate's unwrap_model imports DeepSpeed on every rank to learn
-    whether the model is a DeepSpeedEngine (1.4 s a rank, as DeepSpeed imports mlflow), and
-    torch._dynamo to learn whether it is compiled (0.7 s): only a ZeRO run's model can be the
-    one, and only a run that imported dynamo can hold the other."""
+    """The model inside its DDP wrapper, as accelerate's unwrap_model gives it, without what that
+    costs: it imports DeepSpeed on every rank to learn whether the model is a DeepSpeedEngine
+    (1.1-1.4 s a rank, as DeepSpeed imports mlflow) and torch._dynamo to learn whether it is
+    compiled (0.7 s). Only a ZeRO run's model is a DeepSpeedEngine, and that run has imported
+    DeepSpeed already. scale.compile compiles in place (no wrapper), but accelerate wraps the
+    model itself where ACCELERATE_DYNAMO_BACKEND is set: such a model has imported dynamo, and
+    stays compiled around the unwrapped module, as accelerate keeps it."""
     if strategy.startswith("zero"):
         return accelerator.unwrap_model(model)
     import sys

@@ -488,12 +488,12 @@ class Trainer:
 
     def _export(self) -> None:
         strategy = self.plan.recipe.scale.strategy
+        model = unwrapped(self.model, self.accelerator, strategy)
         if strategy.startswith("zero") or strategy == "fsdp":  # gathered from the shards
             state = self.accelerator.get_state_dict(self.model)
         else:  # DDP: each rank holds all of it (get_state_dict would import DeepSpeed)
-            state = unwrapped(self.model, self.accelerator, strategy).state_dict()
+            state = model.state_dict()
         if self.is_main:
-            model = unwrapped(self.model, self.accelerator, strategy)
             model.save_pretrained(self.rd.final, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(self.rd.final)
         self.accelerator.wait_for_everyone()
