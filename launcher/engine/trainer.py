@@ -33,7 +33,8 @@ from launcher.engine import budget, data, packing, step_loss
 from launcher.engine.evaluate import evaluate
 from launcher.engine.hooks import StepHooks
 from launcher.engine.metrics_log import MetricsLog
-from launcher.engine.model import build_model, build_tokenizer, fsdp_block, unwrapped
+from launcher.engine.model import (build_model, build_tokenizer, fsdp_block, gathered_state,
+                                   save_export, unwrapped)
 from launcher.engine.optim import build_optimizer, build_scheduler
 from launcher.engine.preempt import Preemption
 from launcher.engine.report import LiveProgress, summary_table
@@ -489,13 +490,9 @@ class Trainer:
     def _export(self) -> None:
         strategy = self.plan.recipe.scale.strategy
         model = unwrapped(self.model, self.accelerator, strategy)
-        if strategy.startswith("zero") or strategy == "fsdp":  # gathered from the shards
-            state = self.accelerator.get_state_dict(self.model)
-        else:  # DDP: each rank holds all of it (get_state_dict would import DeepSpeed)
-            state = model.state_dict()
+        state = gathered_state(self.model, model, self.accelerator, strategy)
         if self.is_main:
-            model.save_pretrained(self.rd.final, state_dict=state, safe_serialization=True)
-            self.tokenizer.save_pretrained(self.rd.final)
+            save_export(model, state, self.tokenizer, self.rd.final, strategy)
         self.accelerator.wait_for_everyone()
 
     def _examples_run(self) -> float:
