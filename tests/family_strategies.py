@@ -10,11 +10,18 @@ stage.
 For fsdp cells it also records what the engine's FSDP2 (accelerate's, on gloo) made of the
 model: `fsdp_units` are the classes of the FSDP units, `sharded` whether every block weight
 holds its rank's rows only here (a DTensor with half the rows on each of the 2 ranks).
+
+A plan's faults (plan.faults, engine/faults.py) are its step hooks, as engine/main.py hands
+them over, so a cell may be stopped by a real signal and save; `result` in cell.json is what
+Trainer.train returned ({"preempted": true, "step": N} for a stopped cell), `mlflow` whether
+this process has imported mlflow by then. Each cell's
+`launcher` log lines go to its own RUN_DIR/logs/rank{R}.log, as in a launch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,19 +35,33 @@ def main(plan_dirs: list[str]) -> int:
     from accelerate.state import AcceleratorState, GradientState
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    from launcher.engine.main import step_hooks
     from launcher.engine.trainer import Trainer
     from launcher.plan.build import Plan
+    from launcher.run_dir import RunDir
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    engine_log = logging.getLogger("launcher")
+    engine_log.setLevel(logging.INFO)
     for plan_dir in map(Path, plan_dirs):
         plan = Plan.from_json((plan_dir / "plan.json").read_text())
-        trainer = Trainer(plan, plan_dir)
+        rd = RunDir(plan.run_dir)
+        rd.logs.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(rd.rank_log(rank))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s "
+                                               "%(message)s"))
+        engine_log.addHandler(handler)
+        trainer = Trainer(plan, plan_dir, hooks=step_hooks(plan, rank))
         try:
             summary = trainer.train()
             cell = {"distributed_type": trainer.accelerator.distributed_type.name,
-                    "world": trainer.world, "steps": summary["steps"],
-                    "final_loss": summary["final_loss"]}
+                    "world": trainer.world, "steps": summary.get("steps"),
+                    "final_loss": summary.get("final_loss"), "result": summary,
+                    # DeepSpeed's import must neither import mlflow nor leave it unimportable
+                    "mlflow": {None: "blocked", 0: "not imported"}.get(
+                        sys.modules.get("mlflow", 0), "imported")}
             ds = trainer.accelerator.state.deepspeed_plugin
             if ds is not None:
                 cell["zero_stage"] = ds.zero_stage
@@ -50,6 +71,8 @@ def main(plan_dirs: list[str]) -> int:
                 (Path(plan.run_dir) / "cell.json").write_text(json.dumps(cell))
         finally:
             trainer.close()
+            engine_log.removeHandler(handler)
+            handler.close()
             AcceleratorState._reset_state(True)
             GradientState._reset_state()
             unset_hf_deepspeed_config()

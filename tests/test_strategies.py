@@ -14,40 +14,47 @@ all-reduce (on these 2 ranks it came out bit-identical, 2026-11-30). A lost
 optimizer state, a wrong data position or a wrong learning rate after the resume moves the
 loss by 1e-3 or more.
 
-The launches share nothing, so they run in two waves (tests/together.py): the DDP run and every
-strategy's stopped run at once, then every resume at once; the tests read them (the checks of
-a stopped run's checkpoint come before the resumes, which keep only the last 2 checkpoints).
-Eval is not under test here: 32 examples at the last step, the same in every run.
+Two waves. First the DDP run and every strategy's run until its stop, made by launcher's own
+planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes it) and trained
+in turn by the engine's Trainer in one 2-rank torchrun process group (tests/family_strategies.py:
+a launch per run would import torch, transformers and DeepSpeed on 12 ranks). Then every
+stopped run is resumed as a user resumes it, `launcher resume` in processes of its own that
+have only the checkpoint's files, all at once (tests/together.py). The tests read them (the
+checks of a stopped run's checkpoint come before the resumes, which keep only the last 2
+checkpoints). Eval is not under test here: 32 examples at the last step, the same in every run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY
+from conftest import REPO, TINY, cli_env
 from together import launch_together
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
+from launcher.engine import faults
+from launcher.plan.build import build
+from launcher.plan.render import write as write_plan
+from launcher.recipe.load import load
 from launcher.run_dir import RunDir
 
 LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-5
 STEPS, SIGNAL_AT = 20, 12
-ARGS = ["--nproc-per-node", "2", f"run.max_steps={STEPS}", "run.epochs=None", "run.log_every=1",
-        "eval.every=0", "eval.max_examples=32", "checkpoint.every=10", "checkpoint.keep_last=2"]
+OVERRIDES = ["scale.procs_per_node=2", f"run.max_steps={STEPS}", "run.epochs=None",
+             "run.log_every=1", "eval.every=0", "eval.max_examples=32", "checkpoint.every=10",
+             "checkpoint.keep_last=2"]
 ZERO = ("zero1", "zero2", "zero3", "zero3_offload")
 STRATEGIES = (*ZERO, "fsdp")
 STOP = f"at=step,step={SIGNAL_AT},rank=1,do=TERM"
-
-
-def run_args(out: Path, strategy: str) -> list:
-    return ["run", TINY, *ARGS, f"scale.strategy={strategy}", f"run.output_dir={out}"]
 
 
 def losses(rd: RunDir) -> dict[int, float]:
@@ -62,18 +69,31 @@ def _out(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> dict:
     """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
-    rank 1 after step SIGNAL_AT, all at once. {name: (run dir, its launch)}."""
+    rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
+    what Trainer.train returned)}."""
     root = tmp_path_factory.mktemp("strategies")
     names = ("ddp", *STRATEGIES)
-    procs = launch_together(*(run_args(root / name, name) for name in names),
-                            faults=(None, *(STOP for _ in STRATEGIES)), OMP_NUM_THREADS="1")
-    return {name: (RunDir(root / name), proc) for name, proc in zip(names, procs)}
+    plan_dirs = []
+    for name in names:
+        plan = build(load(TINY, [*OVERRIDES, f"scale.strategy={name}"]),
+                     run_dir=str(root / name))
+        if name != "ddp":
+            plan = dataclasses.replace(plan, faults=faults.parse(STOP))
+        write_plan(plan, RunDir(root / name).plan)
+        plan_dirs.append(str(RunDir(root / name).plan))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(REPO / "tests" / "family_strategies.py"),
+                           *plan_dirs], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
+            for name in names}
 
 
 @pytest.fixture(scope="module")
 def ddp(stopped) -> RunDir:
-    rd, proc = stopped["ddp"]
-    assert proc.returncode == 0, _out(proc)
+    rd, cell = stopped["ddp"]
+    assert cell["result"]["steps"] == STEPS and rd.final.is_dir(), cell
     return rd
 
 
@@ -81,10 +101,18 @@ def ddp(stopped) -> RunDir:
 def resumed(stopped) -> dict:
     """Wave 2: `launcher resume` of every stopped run, all at once (after the stopped-run
     tests: pytest runs this file's tests in order)."""
-    names = [name for name in STRATEGIES if stopped[name][1].returncode == 75]
+    names = [name for name in STRATEGIES if stopped[name][1]["result"].get("preempted")]
     procs = launch_together(*(["resume", stopped[name][0].root] for name in names),
                             OMP_NUM_THREADS="1")
     return dict(zip(names, procs))
+
+
+def _stopped_at_the_signal(rd: RunDir, cell: dict) -> None:
+    """Stopped as a launch is: every rank saved the step after the signal, preempted.json
+    says so (what `launcher resume` and `launcher status` read)."""
+    assert cell["result"] == {"preempted": True, "step": SIGNAL_AT + 1}, cell
+    info = json.loads(rd.preempted.read_text())
+    assert (info["step"], info["signal"]) == (SIGNAL_AT + 1, "SIGTERM"), info
 
 
 def _assert_own_format(ckpt: Path, strategy: str) -> None:
@@ -128,11 +156,13 @@ def assert_sharded_by_fsdp(ckpt: Path, world: int) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_stopped_saves_its_own_checkpoint_format(tmp_path, stopped, cli, strategy):
-    rd, first = stopped[strategy]
-    assert first.returncode == 75, _out(first)
+    rd, cell = stopped[strategy]
+    _stopped_at_the_signal(rd, cell)
     saved = SIGNAL_AT + 1
     assert rd.latest() == rd.checkpoint(saved)
     _assert_own_format(rd.latest(), strategy)
+    # DeepSpeed imports mlflow for its autotuner when it can: the engine hides it (1.1 s a rank)
+    assert cell["mlflow"] == "not imported", cell
 
     if strategy in ZERO:
         # DeepSpeed's shards are cut for 2 ranks: another world size is refused before launch.
@@ -152,8 +182,8 @@ def test_strategy_stopped_saves_its_own_checkpoint_format(tmp_path, stopped, cli
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(ddp, stopped, resumed,
                                                                       strategy):
-    rd, first = stopped[strategy]
-    assert first.returncode == 75, _out(first)
+    rd, cell = stopped[strategy]
+    assert cell["result"] == {"preempted": True, "step": SIGNAL_AT + 1}, cell
     second = resumed[strategy]
     assert second.returncode == 0, _out(second)
     assert f"from step {SIGNAL_AT + 1}" in second.stdout
