@@ -13,8 +13,8 @@ holds its rank's rows only here (a DTensor with half the rows on each of the 2 r
 
 A plan's faults (plan.faults, engine/faults.py) are its step hooks, as engine/main.py hands
 them over, so a cell may be stopped by a real signal and save; `result` in cell.json is what
-Trainer.train returned ({"preempted": true, "step": N} for a stopped cell), `mlflow` whether
-this process has imported mlflow by then. Each cell's
+Trainer.train returned ({"preempted": true, "step": N} for a stopped cell), `mlflow` and
+`deepspeed_imported` whether this process has imported them by then. Each cell's
 `launcher` log lines go to its own RUN_DIR/logs/rank{R}.log, as in a launch.
 """
 
@@ -61,7 +61,8 @@ def main(plan_dirs: list[str]) -> int:
                     "final_loss": summary.get("final_loss"), "result": summary,
                     # DeepSpeed's import must neither import mlflow nor leave it unimportable
                     "mlflow": {None: "blocked", 0: "not imported"}.get(
-                        sys.modules.get("mlflow", 0), "imported")}
+                        sys.modules.get("mlflow", 0), "imported"),
+                    "deepspeed_imported": "deepspeed" in sys.modules}
             ds = trainer.accelerator.state.deepspeed_plugin
             if ds is not None:
                 cell["zero_stage"] = ds.zero_stage

@@ -2,7 +2,7 @@
 
 `launcher run` is started as the session leader of a pseudo-terminal, so the terminal's
 interrupt character (what Ctrl-C types) goes to its foreground process group, as in a shell.
-One run, ZeRO-2 on 3 ranks: Ctrl-C once (saved, exit 130), then `launcher resume` with rank 1
+One run, ZeRO-2 on 2 ranks: Ctrl-C once (saved, exit 130), then `launcher resume` with rank 1
 stuck in its next save and Ctrl-C twice (aborted at once, the saved checkpoint still in
 charge), then `launcher resume` to the end. Ctrl-C comes right after a logged step, so 16
 steps leave room for both stops; the last launch trains only what is left of them.
@@ -30,8 +30,8 @@ from launcher.checkpoint import store
 from launcher.run_dir import RunDir
 
 STEPS = 16
-ARGS = ["--nproc-per-node", "3", "scale.strategy=zero2", "scale.micro_batch=16",
-        "scale.global_batch=48", f"run.max_steps={STEPS}", "run.epochs=None", "run.log_every=1",
+ARGS = ["--nproc-per-node", "2", "scale.strategy=zero2", "scale.micro_batch=16",
+        "scale.global_batch=32", f"run.max_steps={STEPS}", "run.epochs=None", "run.log_every=1",
         "eval.every=0", "eval.max_examples=48", "checkpoint.every=0", "checkpoint.grace_s=600",
         "scale.timeout_s=900"]
 
@@ -112,8 +112,8 @@ def test_ctrl_c_saves_and_twice_aborts(tmp_path):
     assert f"saved step {saved}; `launcher resume {out}` goes on" in said
     assert "Traceback" not in term.text and "SignalException" not in term.text
     assert "SignalException" in (rd.logs / "torchrun.log").read_text()  # kept, not shown
-    assert_manifest_is_what_each_rank_wrote(rd.latest(), world=3, strategy="zero2")
-    assert all("timeout 900 s" in rd.rank_log(r).read_text() for r in range(3))  # timeout_s
+    assert_manifest_is_what_each_rank_wrote(rd.latest(), world=2, strategy="zero2")
+    assert all("timeout 900 s" in rd.rank_log(r).read_text() for r in range(2))  # timeout_s
 
     # 2. Resume, Ctrl-C, and Ctrl-C again while rank 1 is stuck in the save: aborted at once.
     term = Terminal(["resume", out], {**env, "LAUNCHER_FAULT": "at=save,step=*,rank=1,do=hang"})

@@ -1,5 +1,6 @@
 """Every task's tiny twin trains on 2 CPU ranks and beats a trivial baseline; evaluation gives
-byte-identical results at world sizes 1, 2 and 3; eval and predict work on the trained run.
+byte-identical results at world sizes 1, 2 (and 3 for QA); eval and predict work on the
+trained run.
 
 QA metrics are the metrics of what `predict` answers: at any task.null_threshold, the
 project's SQuAD v2 scorer run on predict's output gives metrics.json's numbers. And predict's
@@ -94,6 +95,10 @@ def test_qa_beats_always_null(trained):
 
 
 WORLD_EVAL = ("nli", "ner", "qa")
+# Also under torchrun at world size 3: QA, the task whose examples span several records (its
+# windows, which must meet on one rank); the gather and the file order are the same code for
+# every task, and a torchrun launch of 3 ranks costs ~15 s of CPU.
+AT_3 = ("qa",)
 
 
 def _written(out: Path) -> tuple[str, dict, str]:
@@ -107,13 +112,13 @@ def _written(out: Path) -> tuple[str, dict, str]:
 
 @pytest.fixture(scope="module")
 def at_world_3(trained):
-    """`launcher eval RUN --nproc-per-node 3` of each run in WORLD_EVAL, launched together:
+    """`launcher eval RUN --nproc-per-node 3` of each run in AT_3, launched together:
     name -> what it wrote, read before anything else writes final-on-eval again."""
-    runs = [trained(name)[0] for name in WORLD_EVAL]
+    runs = [trained(name)[0] for name in AT_3]
     done = launch_together(*[["eval", rd.root, "--nproc-per-node", "3"] for rd in runs],
                            OMP_NUM_THREADS="1")
     seen = {}
-    for name, rd, proc in zip(WORLD_EVAL, runs, done):
+    for name, rd, proc in zip(AT_3, runs, done):
         assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
         assert "(3 process(es))" in proc.stdout
         seen[name] = _written(rd.eval / "final-on-eval")
@@ -125,7 +130,7 @@ def test_eval_is_identical_at_world_sizes_1_2_3(trained, at_world_3, name, cli):
     """World size 2: the run's own evaluation at its last step, on its 2 training ranks (the
     same weights the export holds). World size 1: `launcher eval`'s default, which runs in the
     calling process (here, in this one, leaving nothing of torch.distributed initialised).
-    World size 3: `launcher eval --nproc-per-node 3` under torchrun (the fixture)."""
+    World size 3 (QA, AT_3): `launcher eval --nproc-per-node 3` under torchrun (the fixture)."""
     import torch.distributed as dist
 
     rd, _ = trained(name)
@@ -136,9 +141,9 @@ def test_eval_is_identical_at_world_sizes_1_2_3(trained, at_world_3, name, cli):
     assert not dist.is_initialized()
     one = _written(rd.eval / "final-on-eval")
     two = _written(sorted(rd.eval.glob("step-*"))[-1])
-    three = at_world_3[name]
     assert one[1]["examples"] == rows
-    assert one == three  # byte for byte
+    if name in AT_3:
+        assert one == at_world_3[name]  # byte for byte
     assert two[1:] == one[1:]
     assert one[2], "errors.jsonl compared empty: the model is perfect, or nothing was written"
 
