@@ -112,17 +112,17 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session", autouse=True)
 def _early_launches(request, tmp_path_factory):
     """Launches a module reads late in the session, started with it when that module is
-    collected (not waited for): they train while the in-process tests and the lone launches
-    of the modules before it leave one of the 2 cores idle (a fifth of the suite's time)."""
-    modules = {Path(str(item.fspath)).stem for item in request.session.items}
-    started = []
-    if "test_tasks" in modules:
-        import task_runs
-        task_runs.start(tmp_path_factory.mktemp("task_runs"))
-        started.append(task_runs)
+    collected, in the background (tests/together.py): they train on what the tests before it
+    leave idle of the 2 cores (a fifth of the suite's time). A module asks for it with
+    `start_early(tmp_path_factory)`, and `stop_early()` ends what is still running."""
+    modules = sorted({item.module for item in request.session.items
+                      if hasattr(item, "module") and hasattr(item.module, "start_early")},
+                     key=lambda module: module.__name__)
+    for module in modules:
+        module.start_early(tmp_path_factory)
     yield
-    for module in started:
-        module.stop()
+    for module in modules:
+        module.stop_early()
 
 
 def cli_env() -> dict[str, str]:

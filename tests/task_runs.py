@@ -40,7 +40,8 @@ def start(base: Path) -> None:
         _STARTED[name] = (out, together.start(
             ["run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
              "run.epochs=None", f"run.max_steps={steps}", f"optim.lr={lr}",
-             f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={out}"]))
+             f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={out}"],
+            background=True))
 
 
 def trained(base: Path) -> dict[str, tuple[RunDir, str]]:

@@ -10,15 +10,14 @@ train on would not have.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, cli_env
+from conftest import REPO
+from together import torchrun
 from launcher import tasks
 from launcher.engine.window import LogWindow
 from launcher.recipe.load import load
@@ -28,16 +27,31 @@ CASES = ("ner_balanced", "news_weighted", "news_weighted_packed", "qa")
 TOL = 1e-6
 
 
+_STARTED: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The three launches start with the session, in the background (conftest.py); they
+    share nothing."""
+    out = tmp_path_factory.mktemp("step_loss")
+    _STARTED.update(out=out, procs={
+        n: torchrun(REPO / "tests" / "step_harness.py", n, out, background=True,
+                    OMP_NUM_THREADS="1") for n in WORLDS})
+
+
+def stop_early() -> None:
+    for proc in _STARTED.get("procs", {}).values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[int, dict]:
-    out = tmp_path_factory.mktemp("step_loss")
-    # The three launches at once: most of each is start-up, and they share nothing.
-    procs = {n: subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         str(n), str(REPO / "tests" / "step_harness.py"), str(out)],
-        cwd=REPO, env=dict(cli_env(), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for n in WORLDS}
-    for n, proc in procs.items():
+    if not _STARTED:
+        start_early(tmp_path_factory)
+    out = _STARTED["out"]
+    for n, proc in _STARTED["procs"].items():
         output = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, f"{n} ranks:\n{output[-4000:]}"
     return {n: torch.load(out / f"world{n}.pt", weights_only=True) for n in WORLDS}

@@ -30,14 +30,13 @@ import dataclasses
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, cli_env
-from together import launch_together
+from conftest import REPO, TINY
+from together import launch_together, torchrun
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -66,28 +65,43 @@ def _out(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def stopped(tmp_path_factory) -> dict:
-    """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
-    rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
-    what Trainer.train returned)}."""
+NAMES = ("ddp", *STRATEGIES)
+_WAVE_1: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """Wave 1 starts with the session, in the background (conftest.py)."""
     root = tmp_path_factory.mktemp("strategies")
-    names = ("ddp", *STRATEGIES)
     plan_dirs = []
-    for name in names:
+    for name in NAMES:
         plan = build(load(TINY, [*OVERRIDES, f"scale.strategy={name}"]),
                      run_dir=str(root / name))
         if name != "ddp":
             plan = dataclasses.replace(plan, faults=faults.parse(STOP))
         write_plan(plan, RunDir(root / name).plan)
-        plan_dirs.append(str(RunDir(root / name).plan))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(REPO / "tests" / "family_strategies.py"),
-                           *plan_dirs], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        plan_dirs.append(RunDir(root / name).plan)
+    _WAVE_1.update(root=root, proc=torchrun(REPO / "tests" / "family_strategies.py", 2,
+                                            *plan_dirs, background=True))
+
+
+def stop_early() -> None:
+    if "proc" in _WAVE_1 and _WAVE_1["proc"].poll() is None:
+        _WAVE_1["proc"].kill()
+        _WAVE_1["proc"].communicate()
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> dict:
+    """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
+    rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
+    what Trainer.train returned)}."""
+    if not _WAVE_1:
+        start_early(tmp_path_factory)
+    root, proc = _WAVE_1["root"], _WAVE_1["proc"]
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-8000:]
     return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
-            for name in names}
+            for name in NAMES}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,14 @@ from launcher.run_dir import RunDir
 from together import launch_together
 
 
+def start_early(tmp_path_factory) -> None:
+    """The task runs start with the session, in the background (conftest.py)."""
+    task_runs.start(tmp_path_factory.mktemp("task_runs"))
+
+
+stop_early = task_runs.stop
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """name -> (run dir, stdout): the four twins, trained once a session (tests/task_runs.py)."""

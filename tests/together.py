@@ -3,21 +3,49 @@ tiny launch is start-up (imports, torchrun), which overlaps well even on 2 cores
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
 
 from conftest import REPO, cli_env
 
 
-def start(args: list, fault: str | None = None, **env: str) -> subprocess.Popen:
+def start(args: list, fault: str | None = None, background: bool = False,
+          **env: str) -> subprocess.Popen:
     """`python -m launcher ARGS` started, not waited for; `fault` is its LAUNCHER_FAULT
-    (launcher/engine/faults.py); `env` adds variables (OMP_NUM_THREADS="1": one thread)."""
+    (launcher/engine/faults.py); `env` adds variables (OMP_NUM_THREADS="1": one thread);
+    `background`: it runs on what the rest of the suite leaves idle (idle_only)."""
     run_env = dict(cli_env(), **env)
     if fault:
         run_env["LAUNCHER_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
                             env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_lowest if background else None)
+    if background:
+        threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
+    return proc
+
+
+def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
+             **env: str) -> subprocess.Popen:
+    """`python -m torch.distributed.run --standalone --nproc-per-node NPROC SCRIPT ARGS`
+    started, not waited for, output and errors together on its stdout; `background` as in
+    start."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", str(nproc), str(script), *map(str, args)],
+                            cwd=REPO, env=dict(cli_env(), **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            start_new_session=background,
+                            preexec_fn=_lowest if background else None)
+    if background:
+        _idle_only(proc.pid)
+        threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -34,3 +62,38 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
     procs = [start(args, faults[i] if i < len(faults) else None, **env)
              for i, args in enumerate(runs)]
     return [finish(proc, timeout) for proc in procs]
+
+
+# Background launches: started with the session (conftest.py's _early_launches) for a module
+# that reads them late, they should train on the CPU that the tests before it leave idle (a
+# fifth of the suite's time on 2 cores, while a test runs in-process or one launch starts up)
+# and not slow those tests down. Nice 19 does that between processes; Linux's autogroups
+# (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
+# session of its own, and each rank another, so each of those groups gets nice 19 as well. Once a test waits for a
+# background launch, nothing else wants the CPU and it runs at full speed.
+def _lowest() -> None:
+    os.nice(19)
+
+
+def _idle_only(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as group:
+            group.write("19")
+    except OSError:  # no autogroups here: nice alone does it
+        pass
+
+
+def _keep_low(proc: subprocess.Popen) -> None:
+    """Every session started below `proc` (torchrun's, each rank's) gets nice 19, until it
+    ends; they start over the first seconds, so this looks five times a second."""
+    mine, lowered = os.getsid(0), set()
+    while proc.poll() is None:
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                session = os.getsid(child.pid)
+                if session != mine and session not in lowered:
+                    _idle_only(child.pid)
+                    lowered.add(session)
+        except (OSError, psutil.Error):  # a process that just ended
+            pass
+        time.sleep(0.2)
