@@ -25,8 +25,9 @@ def start(args: list, fault: str | None = None, background: bool = False,
         run_env["LAUNCHER_FAULT"] = fault
     proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
                             env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_lowest if background else None)
+                            text=True)
     if background:
+        _lowest(proc.pid)
         threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
     return proc
 
@@ -40,9 +41,9 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
                              "--nproc-per-node", str(nproc), str(script), *map(str, args)],
                             cwd=REPO, env=dict(cli_env(), **env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            start_new_session=background,
-                            preexec_fn=_lowest if background else None)
+                            start_new_session=background)
     if background:
+        _lowest(proc.pid)
         _idle_only(proc.pid)
         threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
     return proc
@@ -71,8 +72,10 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
 # (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
 # session of its own, and each rank another, so each of those groups gets nice 19 as well. Once a test waits for a
 # background launch, nothing else wants the CPU and it runs at full speed.
-def _lowest() -> None:
-    os.nice(19)
+def _lowest(pid: int) -> None:
+    # Set from here, not in the child before exec (preexec_fn is unsafe beside threads): the
+    # child takes a fraction of a second to start anything, which then inherits it.
+    os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
 def _idle_only(pid: int) -> None:
