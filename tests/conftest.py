@@ -111,12 +111,14 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session", autouse=True)
 def _early_launches(request, tmp_path_factory):
-    """Launches a module reads late in the session, started with it when that module is
-    collected, in the background (tests/together.py): they train on what the tests before it
-    leave idle of the 2 cores (a fifth of the suite's time). A module asks for it with
-    `start_early(tmp_path_factory)`, and `stop_early()` ends what is still running."""
+    """Launches a module reads late in the session, started with it in the background
+    (tests/together.py) when a test that reads them is collected: they train on what the tests
+    before it leave idle of the 2 cores (a fifth of the suite's time). A module asks for it
+    with `start_early(tmp_path_factory)`, names the fixtures that read them in `EARLY_FOR`,
+    and `stop_early()` ends what is still running."""
     modules = sorted({item.module for item in request.session.items
-                      if hasattr(item, "module") and hasattr(item.module, "start_early")},
+                      if hasattr(getattr(item, "module", None), "start_early")
+                      and set(item.module.EARLY_FOR) & set(getattr(item, "fixturenames", ()))},
                      key=lambda module: module.__name__)
     for module in modules:
         module.start_early(tmp_path_factory)

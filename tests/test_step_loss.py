@@ -27,6 +27,9 @@ CASES = ("ner_balanced", "news_weighted", "news_weighted_packed", "qa")
 TOL = 1e-6
 
 
+EARLY_FOR = ("results",)  # the fixtures that read what start_early starts
+
+
 _STARTED: dict = {}
 
 

@@ -19,10 +19,9 @@ planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes i
 in turn by the engine's Trainer in one 2-rank torchrun process group (tests/family_strategies.py:
 a launch per run would import torch, transformers and DeepSpeed on 12 ranks). Then every
 stopped run is resumed as a user resumes it, `launcher resume` in processes of its own that
-have only the checkpoint's files, all at once. Both waves run in the background from the
-start of the session (tests/together.py); the checks of a stopped run's checkpoint read a copy
-made before its resume, which keeps only the last 2 checkpoints. Eval is not under test here:
-32 examples at the last step, the same in every run.
+have only the checkpoint's files, all at once (tests/together.py). The tests read them (the
+checks of a stopped run's checkpoint come before the resumes, which keep only the last 2
+checkpoints). Eval is not under test here: 32 examples at the last step, the same in every run.
 """
 
 from __future__ import annotations
@@ -30,16 +29,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY
-from together import finish, start, torchrun
+from together import launch_together, torchrun
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -69,12 +66,14 @@ def _out(proc: subprocess.CompletedProcess) -> str:
 
 
 NAMES = ("ddp", *STRATEGIES)
-_WAVES: dict = {}
+EARLY_FOR = ("stopped",)  # the fixtures that read what start_early starts
+
+
+_WAVE_1: dict = {}
 
 
 def start_early(tmp_path_factory) -> None:
-    """Both waves start with the session, in the background (conftest.py): wave 1 at once,
-    wave 2 from a thread once wave 1 is done (_then_resume)."""
+    """Wave 1 starts with the session, in the background (conftest.py)."""
     root = tmp_path_factory.mktemp("strategies")
     plan_dirs = []
     for name in NAMES:
@@ -84,49 +83,28 @@ def start_early(tmp_path_factory) -> None:
             plan = dataclasses.replace(plan, faults=faults.parse(STOP))
         write_plan(plan, RunDir(root / name).plan)
         plan_dirs.append(RunDir(root / name).plan)
-    proc = torchrun(REPO / "tests" / "family_strategies.py", 2, *plan_dirs, background=True)
-    thread = threading.Thread(target=_then_resume, args=(root, proc), daemon=True)
-    _WAVES.update(root=root, proc=proc, thread=thread, resumes={})
-    thread.start()
-
-
-def _then_resume(root: Path, proc: subprocess.Popen) -> None:
-    """Wave 2, once wave 1 is done: each stopped run is copied as it stopped (NAME-stopped,
-    what the stopped-run tests read: a resume keeps only its last 2 checkpoints), then
-    `launcher resume` of each, all at once, in the background."""
-    try:
-        _WAVES["output"] = proc.communicate(timeout=1800)[0]
-        if proc.returncode != 0:
-            return
-        for name in STRATEGIES:
-            if json.loads((root / name / "cell.json").read_text())["result"].get("preempted"):
-                shutil.copytree(root / name, root / f"{name}-stopped")
-                _WAVES["resumes"][name] = start(["resume", root / name], background=True,
-                                                OMP_NUM_THREADS="1")
-    except BaseException as err:  # read by the fixtures, in the tests' thread
-        _WAVES["error"] = err
+    _WAVE_1.update(root=root, proc=torchrun(REPO / "tests" / "family_strategies.py", 2,
+                                            *plan_dirs, background=True))
 
 
 def stop_early() -> None:
-    for proc in [_WAVES.get("proc"), *_WAVES.get("resumes", {}).values()]:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    if "proc" in _WAVE_1 and _WAVE_1["proc"].poll() is None:
+        _WAVE_1["proc"].kill()
+        _WAVE_1["proc"].communicate()
 
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> dict:
     """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
-    rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir as it stopped
-    (for ddp: as it finished), its cell: what Trainer.train returned)}."""
-    if not _WAVES:
+    rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
+    what Trainer.train returned)}."""
+    if not _WAVE_1:
         start_early(tmp_path_factory)
-    _WAVES["thread"].join(timeout=1800)
-    assert "error" not in _WAVES, _WAVES.get("error")
-    root, proc = _WAVES["root"], _WAVES["proc"]
-    assert proc.returncode == 0, _WAVES["output"][-8000:]
-    return {name: (RunDir(root / (name if name == "ddp" else f"{name}-stopped")),
-                   json.loads((root / name / "cell.json").read_text())) for name in NAMES}
+    root, proc = _WAVE_1["root"], _WAVE_1["proc"]
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-8000:]
+    return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
+            for name in NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +119,12 @@ def ddp(stopped) -> RunDir:
 
 @pytest.fixture(scope="module")
 def resumed(stopped) -> dict:
-    """Wave 2: `launcher resume` of every stopped run (started by _then_resume). {name: (the
-    resumed run dir, the launch)}."""
-    root = _WAVES["root"]
-    return {name: (RunDir(root / name), finish(proc))
-            for name, proc in _WAVES["resumes"].items()}
+    """Wave 2: `launcher resume` of every stopped run, all at once (after the stopped-run
+    tests: pytest runs this file's tests in order)."""
+    names = [name for name in STRATEGIES if stopped[name][1]["result"].get("preempted")]
+    procs = launch_together(*(["resume", stopped[name][0].root] for name in names),
+                            OMP_NUM_THREADS="1")
+    return dict(zip(names, procs))
 
 
 def _stopped_at_the_signal(rd: RunDir, cell: dict) -> None:
@@ -223,9 +202,9 @@ def test_strategy_stopped_saves_its_own_checkpoint_format(tmp_path, stopped, cli
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(ddp, stopped, resumed,
                                                                       strategy):
-    _, cell = stopped[strategy]
+    rd, cell = stopped[strategy]
     assert cell["result"] == {"preempted": True, "step": SIGNAL_AT + 1}, cell
-    rd, second = resumed[strategy]
+    second = resumed[strategy]
     assert second.returncode == 0, _out(second)
     assert f"from step {SIGNAL_AT + 1}" in second.stdout
 

@@ -23,6 +23,9 @@ from launcher.run_dir import RunDir
 from together import launch_together
 
 
+EARLY_FOR = ("trained", "qa_run")  # the fixtures that read what start_early starts
+
+
 def start_early(tmp_path_factory) -> None:
     """The task runs start with the session, in the background (conftest.py)."""
     task_runs.start(tmp_path_factory.mktemp("task_runs"))
