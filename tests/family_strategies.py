@@ -42,7 +42,7 @@ def main(plan_dirs: list[str]) -> int:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    rank = int(os.environ["RANK"])  # torchrun's
     engine_log = logging.getLogger("launcher")
     engine_log.setLevel(logging.INFO)
     for plan_dir in map(Path, plan_dirs):

@@ -33,7 +33,7 @@ def start(base: Path) -> None:
     """Start the four runs under `base`, not waiting for them. conftest.py starts them with the
     session when tests/test_tasks.py is collected: they train while the in-process tests and
     the lone launches of the modules before it leave a core idle."""
-    if _STARTED or _RUNS:
+    if _STARTED:  # trained() starts them too
         return
     for name, (steps, lr) in SHORT.items():
         out = base / name / "run"

@@ -19,7 +19,7 @@ def start(args: list, fault: str | None = None, background: bool = False,
           **env: str) -> subprocess.Popen:
     """`python -m launcher ARGS` started, not waited for; `fault` is its LAUNCHER_FAULT
     (launcher/engine/faults.py); `env` adds variables (OMP_NUM_THREADS="1": one thread);
-    `background`: it runs on what the rest of the suite leaves idle (idle_only)."""
+    `background`: it runs on what the rest of the suite leaves idle (see below)."""
     run_env = dict(cli_env(), **env)
     if fault:
         run_env["LAUNCHER_FAULT"] = fault
@@ -44,7 +44,6 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
                             start_new_session=background)
     if background:
         _lowest(proc.pid)
-        _idle_only(proc.pid)
         threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
     return proc
 
@@ -70,8 +69,9 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
 # fifth of the suite's time on 2 cores, while a test runs in-process or one launch starts up)
 # and not slow those tests down. Nice 19 does that between processes; Linux's autogroups
 # (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
-# session of its own, and each rank another, so each of those groups gets nice 19 as well. Once a test waits for a
-# background launch, nothing else wants the CPU and it runs at full speed.
+# session of its own, and each rank another, so each of those groups gets nice 19 as well.
+# Once a test waits for a background launch, nothing else wants the CPU and it runs at full
+# speed.
 def _lowest(pid: int) -> None:
     # Set from here, not in the child before exec (preexec_fn is unsafe beside threads): the
     # child takes a fraction of a second to start anything, which then inherits it.
@@ -87,12 +87,14 @@ def _idle_only(pid: int) -> None:
 
 
 def _keep_low(proc: subprocess.Popen) -> None:
-    """Every session started below `proc` (torchrun's, each rank's) gets nice 19, until it
-    ends; they start over the first seconds, so this looks five times a second."""
+    """Every session of `proc` and below it other than this one's (torchrun's, each rank's)
+    gets nice 19, until `proc` ends; they start over the first seconds, so this looks five
+    times a second."""
     mine, lowered = os.getsid(0), set()
     while proc.poll() is None:
         try:
-            for child in psutil.Process(proc.pid).children(recursive=True):
+            top = psutil.Process(proc.pid)
+            for child in [top, *top.children(recursive=True)]:
                 session = os.getsid(child.pid)
                 if session != mine and session not in lowered:
                     _idle_only(child.pid)

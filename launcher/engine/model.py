@@ -146,25 +146,10 @@ def load_trained(model_dir: Path, task: Task,
 
 
 def unwrapped(model: Any, accelerator: Any, strategy: str) -> Any:
-    """The model inside its DDP wrapper, as accelerate's unwrap_model gives it, without what that
-    costs: it imports DeepSpeed on every rank to learn whether the model is a DeepSpeedEngine
-    (1.1-1.4 s a rank, as DeepSpeed imports mlflow) and torch._dynamo to learn whether it is
-    compiled (0.7 s). Only a ZeRO run's model is a DeepSpeedEngine, and that run has imported
-    DeepSpeed already. scale.compile compiles in place (no wrapper), but accelerate wraps the
-    model itself where ACCELERATE_DYNAMO_BACKEND is set: such a model has imported dynamo, and
-    stays compiled around the unwrapped module, as accelerate keeps it."""
-    if strategy.startswith("zero"):
+    """accelerate's unwrap_model, without its probe for DeepSpeed in a run that is not ZeRO
+    (_deepspeed_unprobed)."""
+    with _deepspeed_unprobed(strategy):
         return accelerator.unwrap_model(model)
-    dynamo = sys.modules.get("torch._dynamo")
-    compiled = None
-    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
-        compiled, model = model, model._orig_mod
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        model = model.module
-    if compiled is not None:
-        compiled._orig_mod = model
-        return compiled
-    return model
 
 
 def save_export(model: Any, state: dict, tokenizer: Any, out: Path, strategy: str) -> None:
@@ -187,12 +172,13 @@ def gathered_state(model: Any, inner: Any, accelerator: Any, strategy: str) -> d
 
 @contextlib.contextmanager
 def _deepspeed_unprobed(strategy: str):
-    """save_pretrained and accelerate's get_state_dict unwrap the model again through
-    accelerate's extract_model_from_parallel, which imports DeepSpeed whenever it is installed,
-    only to ask whether the model is a DeepSpeedEngine: 1.1 s on the exporting rank at the end
-    of every DDP or FSDP run (DeepSpeed imports mlflow), for an answer known here, since only a
-    ZeRO run's model is one. For other strategies accelerate's probe answers "not installed"
-    for the call; where accelerate has moved it, nothing changes but the cost."""
+    """accelerate's unwrap_model and get_state_dict, and save_pretrained through them, unwrap the
+    model with accelerate's extract_model_from_parallel, which imports DeepSpeed whenever it is
+    installed, only to ask whether the model is a DeepSpeedEngine: 1.1-1.4 s on a rank at its
+    first eval and again at the export of every DDP or FSDP run (DeepSpeed imports mlflow), for
+    an answer known here, since only a ZeRO run's model is one. For other strategies
+    accelerate's probe answers "not installed" for the call; where accelerate has moved it,
+    nothing changes but the cost."""
     other = sys.modules.get("accelerate.utils.other")
     probe = getattr(other, "is_deepspeed_available", None)
     if strategy.startswith("zero") or probe is None or "deepspeed" in sys.modules:
