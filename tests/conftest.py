@@ -162,6 +162,19 @@ def cli(capsys, monkeypatch):
     return call
 
 
+def in_process(*args) -> tuple[int, str, str]:
+    """`launcher ARGS` in this process, from any fixture scope: exit status, stdout, stderr."""
+    import contextlib
+    import io
+
+    from launcher.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

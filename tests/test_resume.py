@@ -19,7 +19,6 @@ at the same time; each test below checks one behaviour on what they left:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, decoded_per_epoch, launcher
+from conftest import REPO, TINY, decoded_per_epoch, in_process, launcher
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from test_untrusted_checkpoints import Payload, craft_dcp
 from together import finish, start
@@ -87,14 +86,6 @@ def _start(args: list, fault: str | None = None) -> subprocess.Popen:
 
 def _launch(args: list, fault: str | None = None) -> subprocess.CompletedProcess:
     return finish(_start(args, fault))
-
-
-def in_process(*args) -> tuple[int, str, str]:
-    """`launcher ARGS` in this process: exit status, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli_mod.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _truncate(path: Path) -> None:

@@ -14,14 +14,16 @@ all-reduce (on these 2 ranks it came out bit-identical, 2026-11-30). A lost
 optimizer state, a wrong data position or a wrong learning rate after the resume moves the
 loss by 1e-3 or more.
 
-Two waves. First the DDP run and every strategy's run until its stop, made by launcher's own
-planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes it) and trained
-in turn by the engine's Trainer in one 2-rank torchrun process group (tests/family_strategies.py:
-a launch per run would import torch, transformers and DeepSpeed on 12 ranks). Then every
-stopped run is resumed as a user resumes it, `launcher resume` in processes of its own that
-have only the checkpoint's files, all at once (tests/together.py). The tests read them (the
-checks of a stopped run's checkpoint come before the resumes, which keep only the last 2
-checkpoints). Eval is not under test here: 32 examples at the last step, the same in every run.
+Two waves, each one 2-rank torchrun process group in which the engine's Trainer trains run
+after run (tests/family_strategies.py: a launch per run would import torch, transformers and
+DeepSpeed on 22 ranks). First the DDP run and every strategy's run until its stop, made by
+launcher's own planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes
+it). Then every stopped run is resumed: `launcher resume --dry-run` picks its checkpoint and
+writes its plan, and a second process group, which has nothing of the first but the files it
+left, trains those plans (the stopped-run checks come before: the resumes keep only the last 2
+checkpoints). A real `launcher resume` launch, its exit status and its torchrun, is tested
+for DDP by test_resume.py and for ZeRO-2 by test_ctrl_c.py. Eval is not under test here: 32
+examples at the last step, the same in every run.
 """
 
 from __future__ import annotations
@@ -29,14 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY
-from together import launch_together, torchrun
+from conftest import REPO, TINY, in_process
+from together import torchrun
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -59,10 +60,6 @@ STOP = f"at=step,step={SIGNAL_AT},rank=1,do=TERM"
 def losses(rd: RunDir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, rd.metrics.read_text().splitlines())
             if "lr" in r}
-
-
-def _out(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 NAMES = ("ddp", *STRATEGIES)
@@ -119,12 +116,23 @@ def ddp(stopped) -> RunDir:
 
 @pytest.fixture(scope="module")
 def resumed(stopped) -> dict:
-    """Wave 2: `launcher resume` of every stopped run, all at once (after the stopped-run
-    tests: pytest runs this file's tests in order)."""
+    """Wave 2 (after the stopped-run tests: pytest runs this file's tests in order): every
+    stopped run resumed. `launcher resume RUN_DIR --dry-run` here does all a resume does before
+    its launch (the checkpoint it goes on from, the refusals, the plan it writes); then one
+    2-rank process group started afresh, with nothing of wave 1 but the run directories'
+    files, trains those plans in turn. {name: (what the resume printed, its cell)}."""
     names = [name for name in STRATEGIES if stopped[name][1]["result"].get("preempted")]
-    procs = launch_together(*(["resume", stopped[name][0].root] for name in names),
-                            OMP_NUM_THREADS="1")
-    return dict(zip(names, procs))
+    said = {}
+    for name in names:
+        rc, out, err = in_process("resume", stopped[name][0].root, "--dry-run")
+        assert rc == 0, out + err
+        said[name] = out
+    proc = torchrun(REPO / "tests" / "family_strategies.py", 2,
+                    *(stopped[name][0].plan for name in names))
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-8000:]
+    return {name: (said[name], json.loads((stopped[name][0].root / "cell.json").read_text()))
+            for name in names}
 
 
 def _stopped_at_the_signal(rd: RunDir, cell: dict) -> None:
@@ -204,9 +212,10 @@ def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(ddp, stopp
                                                                       strategy):
     rd, cell = stopped[strategy]
     assert cell["result"] == {"preempted": True, "step": SIGNAL_AT + 1}, cell
-    second = resumed[strategy]
-    assert second.returncode == 0, _out(second)
-    assert f"from step {SIGNAL_AT + 1}" in second.stdout
+    said, second = resumed[strategy]
+    assert f"resuming {rd.root} from step {SIGNAL_AT + 1} of {STEPS}" in said, said
+    assert second["result"]["steps"] == STEPS, second
+    assert json.loads(rd.summary.read_text())["resumed_from"] == SIGNAL_AT + 1
 
     mine, ref = losses(rd), losses(ddp)
     assert sorted(mine) == list(range(1, STEPS + 1)) == sorted(ref)
