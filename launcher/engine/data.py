@@ -215,9 +215,19 @@ class IndexedEpoch(IterableDataset):
             yield batch
 
 
+def _as_made(batch: dict) -> dict:
+    """A batch as the dataset made it. Without it a DataLoader with batch_size=None hands
+    every batch to torch's default_convert, which walks it element by element in Python:
+    a QA batch's token offsets alone are tens of thousands of calls, 30 ms a micro batch on
+    the rank's own thread when data.num_workers is 0 (benchmarks/NOTES.md). The datasets
+    here make tensors and Python values only, nothing for it to convert."""
+    return batch
+
+
 def _loader(epoch: IterableDataset, plan: Plan) -> DataLoader:
     # Pinned batches let the host-to-GPU copies (non_blocking) overlap the step.
-    return DataLoader(epoch, batch_size=None, num_workers=plan.recipe.data.num_workers,
+    return DataLoader(epoch, batch_size=None, collate_fn=_as_made,
+                      num_workers=plan.recipe.data.num_workers,
                       generator=_loader_generator(), worker_init_fn=_worker_init,
                       pin_memory=torch.cuda.is_available())
 
@@ -847,5 +857,5 @@ def eval_loader(plan: Plan, task: Task, tokenizer: Any, rank: int, world: int,
         examples = eval_examples(prepared, limit, plan.recipe.run.seed)
         shard = IndexedEval(prepared, examples, task, tokenizer, plan.eval_micro_batch, rank,
                             world, skipped=len(prepared.rows) - len(prepared.keep))
-    return DataLoader(shard, batch_size=None, num_workers=d.num_workers,
+    return DataLoader(shard, batch_size=None, collate_fn=_as_made, num_workers=d.num_workers,
                       generator=_loader_generator(), worker_init_fn=_worker_init)
