@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from together import torchrun
+from together import kill_tree, torchrun
 from launcher import tasks
 from launcher.engine.window import LogWindow
 from launcher.recipe.load import load
@@ -45,8 +45,7 @@ def start_early(tmp_path_factory) -> None:
 def stop_early() -> None:
     for proc in _STARTED.get("procs", {}).values():
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            kill_tree(proc)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, in_process
-from together import torchrun
+from together import kill_tree, torchrun
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -86,8 +86,7 @@ def start_early(tmp_path_factory) -> None:
 
 def stop_early() -> None:
     if "proc" in _WAVE_1 and _WAVE_1["proc"].poll() is None:
-        _WAVE_1["proc"].kill()
-        _WAVE_1["proc"].communicate()
+        kill_tree(_WAVE_1["proc"])
 
 
 @pytest.fixture(scope="module")

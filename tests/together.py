@@ -102,3 +102,19 @@ def _keep_low(proc: subprocess.Popen) -> None:
         except (OSError, psutil.Error):  # a process that just ended
             pass
         time.sleep(0.2)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to `proc` and everything below it, for a launch a session ends without reading:
+    a rank has a session of its own and outlives a killed torchrun."""
+    try:
+        tree = [*psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:  # ended already
+        tree = []
+    proc.kill()
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    proc.communicate()
