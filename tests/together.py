@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -23,13 +21,9 @@ def start(args: list, fault: str | None = None, background: bool = False,
     run_env = dict(cli_env(), **env)
     if fault:
         run_env["LAUNCHER_FAULT"] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                            env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    if background:
-        _lowest(proc.pid)
-        threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
-    return proc
+    return subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
+                            env=_background_env(run_env) if background else run_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
@@ -37,15 +31,12 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
     """`python -m torch.distributed.run --standalone --nproc-per-node NPROC SCRIPT ARGS`
     started, not waited for, output and errors together on its stdout; `background` as in
     start."""
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    run_env = dict(cli_env(), **env)
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc-per-node", str(nproc), str(script), *map(str, args)],
-                            cwd=REPO, env=dict(cli_env(), **env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env=_background_env(run_env) if background else run_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=background)
-    if background:
-        _lowest(proc.pid)
-        threading.Thread(target=_keep_low, args=(proc,), daemon=True).start()
-    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -70,38 +61,16 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
 # and not slow those tests down. Nice 19 does that between processes; Linux's autogroups
 # (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
 # session of its own, and each rank another, so each of those groups gets nice 19 as well.
-# Once a test waits for a background launch, nothing else wants the CPU and it runs at full
-# speed.
-def _lowest(pid: int) -> None:
-    # Set from here, not in the child before exec (preexec_fn is unsafe beside threads): the
-    # child takes a fraction of a second to start anything, which then inherits it.
-    os.setpriority(os.PRIO_PROCESS, pid, 19)
+# Every process of the launch does both for itself as it starts (background/sitecustomize.py):
+# watching the launch's process tree from here instead cost pytest ~2 ms of CPU a look, five
+# looks a second for each launch, beside the foreground tests. Once a test waits for a
+# background launch, nothing else wants the CPU and it runs at full speed.
+_BACKGROUND_SITE = Path(__file__).resolve().parent / "background"
 
 
-def _idle_only(pid: int) -> None:
-    try:
-        with open(f"/proc/{pid}/autogroup", "w") as group:
-            group.write("19")
-    except OSError:  # no autogroups here: nice alone does it
-        pass
-
-
-def _keep_low(proc: subprocess.Popen) -> None:
-    """Every session of `proc` and below it other than this one's (torchrun's, each rank's)
-    gets nice 19, until `proc` ends; they start over the first seconds, so this looks five
-    times a second."""
-    mine, lowered = os.getsid(0), set()
-    while proc.poll() is None:
-        try:
-            top = psutil.Process(proc.pid)
-            for child in [top, *top.children(recursive=True)]:
-                session = os.getsid(child.pid)
-                if session != mine and session not in lowered:
-                    _idle_only(child.pid)
-                    lowered.add(session)
-        except (OSError, psutil.Error):  # a process that just ended
-            pass
-        time.sleep(0.2)
+def _background_env(env: dict[str, str]) -> dict[str, str]:
+    return dict(env, PYTHONPATH=os.pathsep.join(
+        p for p in (str(_BACKGROUND_SITE), env.get("PYTHONPATH")) if p))
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
