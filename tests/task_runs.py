@@ -61,4 +61,4 @@ def stop() -> None:
     for _, proc in _STARTED.values():
         if proc.poll() is None:
             proc.terminate()
-            proc.communicate(timeout=120)
+            proc.wait(timeout=120)

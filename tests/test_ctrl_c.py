@@ -20,7 +20,6 @@ import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
 import psutil
 

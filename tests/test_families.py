@@ -10,7 +10,6 @@ The planning refusals are run through the real CLI in process.
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import pytest

@@ -265,7 +265,7 @@ def test_an_old_checkpoint_without_a_data_order_goes_on_in_file_order_and_says_s
 
 
 def _rewrite_state(step, state) -> None:
-    from launcher.checkpoint import compat, store
+    from launcher.checkpoint import store
 
     (step / store.STATE).write_text(json.dumps(state))
     store.write_manifest(step, 5, store.describe([step / store.STATE], step))

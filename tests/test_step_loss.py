@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from together import kill_tree, torchrun
+from together import finish, kill_tree, torchrun
 from launcher import tasks
 from launcher.engine.window import LogWindow
 from launcher.recipe.load import load
@@ -54,7 +54,7 @@ def results(tmp_path_factory) -> dict[int, dict]:
         start_early(tmp_path_factory)
     out = _STARTED["out"]
     for n, proc in _STARTED["procs"].items():
-        output = proc.communicate(timeout=600)[0]
+        output = finish(proc, timeout=600).stdout
         assert proc.returncode == 0, f"{n} ranks:\n{output[-4000:]}"
     return {n: torch.load(out / f"world{n}.pt", weights_only=True) for n in WORLDS}
 

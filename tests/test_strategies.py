@@ -37,7 +37,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, in_process
-from together import kill_tree, torchrun
+from together import finish, kill_tree, torchrun
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -97,7 +97,7 @@ def stopped(tmp_path_factory) -> dict:
     if not _WAVE_1:
         start_early(tmp_path_factory)
     root, proc = _WAVE_1["root"], _WAVE_1["proc"]
-    output = proc.communicate(timeout=900)[0]
+    output = finish(proc, timeout=900).stdout
     assert proc.returncode == 0, output[-8000:]
     return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
             for name in NAMES}
@@ -128,7 +128,7 @@ def resumed(stopped) -> dict:
         said[name] = out
     proc = torchrun(REPO / "tests" / "family_strategies.py", 2,
                     *(stopped[name][0].plan for name in names))
-    output = proc.communicate(timeout=900)[0]
+    output = finish(proc, timeout=900).stdout
     assert proc.returncode == 0, output[-8000:]
     return {name: (said[name], json.loads((stopped[name][0].root / "cell.json").read_text()))
             for name in names}

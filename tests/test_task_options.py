@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, TINY
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
-from together import launch_together
+from together import finish, kill_tree, start
 
 
 def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
@@ -49,27 +49,44 @@ def test_freeze_encoder_trains_only_the_head():
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
 
 
+RUNS = {
+    "head": ["model.head_hidden=32", "model.head_dropout=0.2", "task.label_smoothing=0.1",
+             "run.epochs=1", "eval.max_examples=200", "checkpoint.every=0"],
+    # A learning rate this small cannot move macro-F1: the first evaluation stays the best.
+    "early": ["optim.lr=1e-12", "optim.warmup_ratio=0", "eval.every=10",
+              "eval.early_stopping_patience=2", "checkpoint.every=0", "checkpoint.keep_last=1",
+              "eval.max_examples=300"],
+}
+EARLY_FOR = ("runs",)  # the fixture that reads what start_early starts
+_STARTED: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The two tiny_news runs, one process each, started together in the background
+    (conftest.py starts them with the session: this module is read late). One thread each
+    (the executor keeps an OMP_NUM_THREADS it is given; a lone rank would take both cores)."""
+    root = tmp_path_factory.mktemp("options")
+    _STARTED.update(root=root, procs={
+        name: start(["run", TINY, *extra, f"run.output_dir={root / name}"], background=True,
+                    OMP_NUM_THREADS="1") for name, extra in RUNS.items()})
+
+
+def stop_early() -> None:
+    for proc in _STARTED.get("procs", {}).values():
+        if proc.poll() is None:
+            kill_tree(proc)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The two tiny_news runs below, launched together (one process each): name -> (run
-    directory, the CLI's stdout)."""
-    root = tmp_path_factory.mktemp("options")
-    args = {
-        "head": ["model.head_hidden=32", "model.head_dropout=0.2", "task.label_smoothing=0.1",
-                 "run.epochs=1", "eval.max_examples=200", "checkpoint.every=0"],
-        # A learning rate this small cannot move macro-F1: the first evaluation stays the best.
-        "early": ["optim.lr=1e-12", "optim.warmup_ratio=0", "eval.every=10",
-                  "eval.early_stopping_patience=2", "checkpoint.every=0",
-                  "checkpoint.keep_last=1", "eval.max_examples=300"],
-    }
-    # One thread each (the executor keeps an OMP_NUM_THREADS it is given; a lone rank would
-    # take both cores): two runs at once on 2 cores, not four threads spinning on them.
-    done = launch_together(*[["run", TINY, *extra, f"run.output_dir={root / name}"]
-                             for name, extra in args.items()], OMP_NUM_THREADS="1")
+    """name -> (run directory, the CLI's stdout) of the two runs."""
+    if not _STARTED:
+        start_early(tmp_path_factory)
     out = {}
-    for name, proc in zip(args, done):
-        assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
-        out[name] = (root / name, proc.stdout)
+    for name, proc in _STARTED["procs"].items():
+        done = finish(proc)
+        assert done.returncode == 0, (name, done.stdout[-3000:] + done.stderr[-3000:])
+        out[name] = (_STARTED["root"] / name, done.stdout)
     return out
 
 

@@ -15,8 +15,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, launcher
-from together import launch_together
+from conftest import REPO, TINY
+from together import Chain
 from launcher import cli, tasks
 from launcher import plan as plan_mod
 from launcher.engine import budget, data
@@ -162,12 +162,44 @@ RUN = ["scale.tokens_per_step=1024", "scale.micro_tokens=192", "run.epochs=1",
        "--nproc-per-node"]
 
 
-@pytest.fixture(scope="module")
-def small_train(tmp_path_factory):
+EARLY_FOR = ("budget_runs",)  # the fixture that reads what start_early starts
+_CHAIN: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The launches below start with the session, in the background (conftest.py): this
+    module is read late."""
+    root = tmp_path_factory.mktemp("budget")
     rows = (REPO / "data/tiny_news/train.jsonl").read_text().splitlines(keepends=True)[:400]
-    path = tmp_path_factory.mktemp("budget_data") / "train.jsonl"
-    path.write_text("".join(rows))
-    return path
+    (root / "train.jsonl").write_text("".join(rows))
+    _CHAIN["chain"] = Chain(lambda chain: _budget_runs(chain, root))
+
+
+def stop_early() -> None:
+    if "chain" in _CHAIN:
+        _CHAIN["chain"].stop()
+
+
+def _budget_runs(chain: Chain, root) -> dict:
+    """An uninterrupted 2-rank run and one stopped at step 3 or 4 (launched at once: they
+    share nothing), then the stopped one resumed on 3 ranks."""
+    ref, cut = RunDir(root / "ref"), RunDir(root / "cut")
+    common = [f"data.train={root / 'train.jsonl'}"]
+    done = chain.launch(["run", TINY, *common, f"run.output_dir={ref.root}", *RUN, "2"],
+                        ["run", TINY, *common, f"run.output_dir={cut.root}", *RUN, "2"],
+                        faults=(None, "at=step,step=3,rank=1,do=TERM"), OMP_NUM_THREADS="1")
+    assert done[0].returncode == 0, done[0].stderr[-3000:]
+    assert done[1].returncode == 75, done[1].stderr[-3000:]
+    state = json.loads((cut.latest() / "trainer_state.json").read_text())
+    (resumed,) = chain.launch(["resume", cut.root, "--nproc-per-node", "3"])
+    return {"ref": ref, "cut": cut, "stopped_state": state, "resumed": resumed}
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory) -> dict:
+    if not _CHAIN:
+        start_early(tmp_path_factory)
+    return _CHAIN["chain"].result()
 
 
 def _ledger(rd: RunDir) -> dict[int, list[str]]:
@@ -179,24 +211,15 @@ def _ledger(rd: RunDir) -> dict[int, list[str]]:
     return {s: sorted(ids) for s, ids in steps.items()}
 
 
-def test_preempted_on_2_ranks_resumed_on_3_trains_the_same_steps(tmp_path, small_train):
-    """One epoch of 400 examples under a budget of 1,024 tokens (6 steps, the last short): an uninterrupted 2-rank run,
-    and one preempted at step 3 or 4 and resumed on 3 ranks. Every example once, each step
-    the same examples, and the same losses (one loss per step: the split does not matter;
-    without dropout, whose masks follow the rank an example lands on)."""
-    ref, cut = RunDir(tmp_path / "ref"), RunDir(tmp_path / "cut")
-    common = [f"data.train={small_train}"]
-    # The two 2-rank runs share nothing: launched at once, their start-ups overlap.
-    done = launch_together(["run", TINY, *common, f"run.output_dir={ref.root}", *RUN, "2"],
-                           ["run", TINY, *common, f"run.output_dir={cut.root}", *RUN, "2"],
-                           faults=(None, "at=step,step=3,rank=1,do=TERM"),
-                           OMP_NUM_THREADS="1")
-    assert done[0].returncode == 0, done[0].stderr[-3000:]
-    assert done[1].returncode == 75, done[1].stderr[-3000:]
-    state = json.loads((cut.latest() / "trainer_state.json").read_text())
+def test_preempted_on_2_ranks_resumed_on_3_trains_the_same_steps(budget_runs):
+    """One epoch of 400 examples under a budget of 1,024 tokens (6 steps, the last short): an
+    uninterrupted 2-rank run, and one preempted at step 3 or 4 and resumed on 3 ranks. Every
+    example once, each step the same examples, and the same losses (one loss per step: the
+    split does not matter; without dropout, whose masks follow the rank an example lands on)."""
+    ref, cut, state = budget_runs["ref"], budget_runs["cut"], budget_runs["stopped_state"]
     saved = state["step"]  # the ranks agree on a signal one step later
     assert saved in (3, 4) and 0 < state["position"]["examples"] < 400
-    proc = launcher("resume", cut.root, "--nproc-per-node", "3")
+    proc = budget_runs["resumed"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _ledger(ref), _ledger(cut)
     assert a == b

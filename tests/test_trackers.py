@@ -4,16 +4,15 @@ from W&B's own offline run files; and the mistakes refused before launch."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TINY, cli_env
+from together import Chain
 from launcher import cli
 from launcher.run_dir import RunDir
 
@@ -31,19 +30,37 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> RunDir:
+EARLY_FOR = ("run",)  # the fixture that reads what start_early starts
+_CHAIN: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The run and its resume start with the session, in the background (conftest.py): this
+    module is read late."""
     out = tmp_path_factory.mktemp("trackers") / "run"
-    cmd = [sys.executable, "-m", "launcher"]
-    first = subprocess.run([*cmd, "run", str(TINY), *ARGS, f"run.output_dir={out}"], cwd=REPO,
-                           env=_env(LAUNCHER_FAULT="at=step,step=7,rank=1,do=TERM"),
-                           capture_output=True, text=True, timeout=300)
+    _CHAIN["chain"] = Chain(lambda chain: _preempted_and_resumed(chain, out))
+
+
+def stop_early() -> None:
+    if "chain" in _CHAIN:
+        _CHAIN["chain"].stop()
+
+
+def _preempted_and_resumed(chain: Chain, out) -> RunDir:
+    (first,) = chain.launch(["run", TINY, *ARGS, f"run.output_dir={out}"],
+                            faults=("at=step,step=7,rank=1,do=TERM",), base_env=_env())
     assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-3000:]
-    second = subprocess.run([*cmd, "resume", str(out)], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    (second,) = chain.launch(["resume", out], base_env=_env())
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     assert "Traceback" not in first.stderr + second.stderr
     return RunDir(out)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunDir:
+    if not _CHAIN:
+        start_early(tmp_path_factory)
+    return _CHAIN["chain"].result()
 
 
 def _logged(rd: RunDir) -> list[dict]:

@@ -6,17 +6,36 @@ import json
 
 import pytest
 
-from conftest import TINY, decoded_per_epoch, launcher
+from conftest import TINY, decoded_per_epoch
+from together import finish, kill_tree, start
 from launcher.run_dir import RunDir
+
+
+EARLY_FOR = ("two_rank_run",)  # the fixture that reads what start_early starts
+_STARTED: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The run starts with the session, in the background (conftest.py): this module is read
+    late."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    _STARTED.update(out=out, proc=start(["run", TINY, "--nproc-per-node", "2",
+                                         f"run.output_dir={out}", "run.trace_examples=true"],
+                                        background=True))
+
+
+def stop_early() -> None:
+    if "proc" in _STARTED and _STARTED["proc"].poll() is None:
+        kill_tree(_STARTED["proc"])
 
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    proc = launcher("run", TINY, "--nproc-per-node", "2", f"run.output_dir={out}",
-                    "run.trace_examples=true")
+    if not _STARTED:
+        start_early(tmp_path_factory)
+    proc = finish(_STARTED["proc"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return RunDir(out), proc
+    return RunDir(_STARTED["out"]), proc
 
 
 def test_two_ranks_read_disjoint_examples(two_rank_run):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
-import os
 import pickle
 import pickletools
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, cli_env
+from conftest import TINY
+from together import finish, kill_tree, start
 from launcher.checkpoint import store, trust
 from launcher.run_dir import RunDir
 
@@ -113,21 +113,33 @@ def craft_dcp(ckpt: Path, key: str, payload: Payload) -> None:
     resign(ckpt)
 
 
+EARLY_FOR = ("preempted_ddp",)  # the fixture that reads what start_early starts
+_STARTED: dict = {}
+
+
+def start_early(tmp_path_factory) -> None:
+    """The run starts with the session, in the background (conftest.py): this module is read
+    last."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    _STARTED.update(out=out, proc=start(
+        ["run", TINY, "run.max_steps=4", "run.epochs=None", "eval.every=0",
+         "eval.max_examples=32", "checkpoint.every=2", "checkpoint.keep_last=3",
+         f"run.output_dir={out}"], fault="at=step,step=3,rank=0,do=TERM", background=True))
+
+
+def stop_early() -> None:
+    if "proc" in _STARTED and _STARTED["proc"].poll() is None:
+        kill_tree(_STARTED["proc"])
+
+
 @pytest.fixture(scope="module")
 def preempted_ddp(tmp_path_factory) -> RunDir:
     """A 1-process tiny run stopped by SIGTERM after step 3: checkpoints step 2 and step 3."""
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    env = dict(cli_env(), LAUNCHER_FAULT="at=step,step=3,rank=0,do=TERM")
-    proc = subprocess.run([sys.executable, "-m", "launcher", "run", str(TINY), "run.max_steps=4",
-                           "run.epochs=None", "eval.every=0", "eval.max_examples=32",
-                           "checkpoint.every=2",
-                           "checkpoint.keep_last=3", f"run.output_dir={out}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if not _STARTED:
+        start_early(tmp_path_factory)
+    proc = finish(_STARTED["proc"])
     assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rd = RunDir(out)
+    rd = RunDir(_STARTED["out"])
     assert [p.name for p in store.complete(rd)] == ["step-0000002", "step-0000003"]
     return rd
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import psutil
 
@@ -14,16 +17,15 @@ from conftest import REPO, cli_env
 
 
 def start(args: list, fault: str | None = None, background: bool = False,
-          **env: str) -> subprocess.Popen:
+          base_env: dict[str, str] | None = None, **env: str) -> subprocess.Popen:
     """`python -m launcher ARGS` started, not waited for; `fault` is its LAUNCHER_FAULT
-    (launcher/engine/faults.py); `env` adds variables (OMP_NUM_THREADS="1": one thread);
-    `background`: it runs on what the rest of the suite leaves idle (see below)."""
-    run_env = dict(cli_env(), **env)
+    (launcher/engine/faults.py); `env` adds variables (OMP_NUM_THREADS="1": one thread) to
+    `base_env` (conftest.cli_env() unless given); `background`: it runs on what the rest of
+    the suite leaves idle (see below)."""
+    run_env = dict(cli_env() if base_env is None else base_env, **env)
     if fault:
         run_env["LAUNCHER_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], cwd=REPO,
-                            env=_background_env(run_env) if background else run_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _popen([sys.executable, "-m", "launcher", *map(str, args)], run_env, background)
 
 
 def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
@@ -31,18 +33,47 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
     """`python -m torch.distributed.run --standalone --nproc-per-node NPROC SCRIPT ARGS`
     started, not waited for, output and errors together on its stdout; `background` as in
     start."""
-    run_env = dict(cli_env(), **env)
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node", str(nproc), str(script), *map(str, args)],
-                            cwd=REPO, env=_background_env(run_env) if background else run_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=background)
+    return _popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", str(nproc), str(script), *map(str, args)],
+                  dict(cli_env(), **env), background, merged=True,
+                  start_new_session=background)
+
+
+def _popen(command: list, env: dict[str, str], background: bool, merged: bool = False,
+           **popen: Any) -> subprocess.Popen:
+    if not background:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                                text=True, **popen)
+    # Into files, not pipes: nobody reads a background launch until its test claims it, and
+    # a pipe's 64 KiB of output would stop it there.
+    out = tempfile.TemporaryFile("w+")
+    err = None if merged else tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(command, cwd=REPO, env=_background_env(env), stdout=out,
+                            stderr=subprocess.STDOUT if merged else err, text=True, **popen)
+    proc.spooled = (out, err)  # type: ignore[attr-defined]
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
-    """What a started launch printed and its exit status, once it ends."""
-    out, err = proc.communicate(timeout=timeout)
+    """What a started launch printed (stdout, and stderr unless it went to stdout) and its
+    exit status, once it ends."""
+    spooled = getattr(proc, "spooled", None)
+    if spooled is None:
+        out, err = proc.communicate(timeout=timeout)
+    else:
+        proc.wait(timeout=timeout)
+        out, err = (_read_back(f) for f in spooled)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _read_back(spool: Any) -> str | None:
+    if spool is None:
+        return None
+    spool.seek(0)
+    text = spool.read()
+    spool.close()
+    return text
 
 
 def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
@@ -86,4 +117,51 @@ def kill_tree(proc: subprocess.Popen) -> None:
             child.kill()
         except psutil.Error:
             pass
-    proc.communicate()
+    proc.wait()
+
+
+class Chain:
+    """Launches that must run one after another (a run, then its resume), run in turn by a
+    thread of this process in the background, for a module that reads them late: `work(chain)`
+    makes them with `chain.launch(*runs, ...)` (launch_together's arguments: those runs at
+    once, each finished) and returns what the module's tests read; `result()` waits for it.
+    `stop()` kills the launches under way and starts no more (a session that ended before
+    reading them)."""
+
+    def __init__(self, work: Callable[["Chain"], Any]):
+        self._box: dict[str, Any] = {}
+        self._procs: list[subprocess.Popen] = []
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[["Chain"], Any]) -> None:
+        try:
+            self._box["result"] = work(self)
+        except BaseException as err:  # re-raised in result(), in the test that reads it
+            self._box["error"] = err
+
+    def launch(self, *runs: list, faults: tuple = (), timeout: int = 600,
+               **kwargs: Any) -> list[subprocess.CompletedProcess]:
+        with self._lock:
+            if self._stopped.is_set():
+                raise RuntimeError("stopped before this launch")
+            self._procs = [start(args, faults[i] if i < len(faults) else None,
+                                 background=True, **kwargs) for i, args in enumerate(runs)]
+        return [finish(proc, timeout) for proc in self._procs]
+
+    def result(self, timeout: int = 1200) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the chain did not end in {timeout} s"
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            for proc in self._procs:
+                if proc.poll() is None:
+                    kill_tree(proc)
+        self._thread.join(60)

@@ -17,7 +17,6 @@ from rich.console import Console
 from launcher import plan as plan_mod
 from launcher.checkpoint import compat
 from launcher.engine import faults, trackers
-from launcher.errors import RecipeError
 from launcher.plan.build import Plan
 from launcher.run_dir import RunDir
 
