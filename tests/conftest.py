@@ -142,23 +142,15 @@ def launcher(*args: str, timeout: int = 300, fault: str | None = None) -> subpro
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
+def cli(monkeypatch):
     """`python -m launcher ARGS` in this process (launcher.cli.main, as `__main__` calls it), run
     from the repository root as `launcher()` runs it: a CompletedProcess with the exit status
     and what it printed. For refusals, which stop before any process would start."""
-    from launcher.cli import main
-
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("COLUMNS", "400")
 
     def call(*args) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse's one-line refusal exits
-            rc = exit_.code
-        got = capsys.readouterr()
-        return subprocess.CompletedProcess(["launcher", *map(str, args)], rc, got.out, got.err)
+        return subprocess.CompletedProcess(["launcher", *map(str, args)], *in_process(*args))
     return call
 
 
@@ -171,7 +163,10 @@ def in_process(*args) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's one-line refusal exits
+            rc = exit_.code
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -44,8 +44,7 @@ def start_early(tmp_path_factory) -> None:
 
 def stop_early() -> None:
     for proc in _STARTED.get("procs", {}).values():
-        if proc.poll() is None:
-            kill_tree(proc)
+        kill_tree(proc)
 
 
 @pytest.fixture(scope="module")

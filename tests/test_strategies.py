@@ -85,7 +85,7 @@ def start_early(tmp_path_factory) -> None:
 
 
 def stop_early() -> None:
-    if "proc" in _WAVE_1 and _WAVE_1["proc"].poll() is None:
+    if "proc" in _WAVE_1:
         kill_tree(_WAVE_1["proc"])
 
 

@@ -128,7 +128,7 @@ def start_early(tmp_path_factory) -> None:
 
 
 def stop_early() -> None:
-    if "proc" in _STARTED and _STARTED["proc"].poll() is None:
+    if "proc" in _STARTED:
         kill_tree(_STARTED["proc"])
 
 

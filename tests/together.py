@@ -106,7 +106,9 @@ def _background_env(env: dict[str, str]) -> dict[str, str]:
 
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL to `proc` and everything below it, for a launch a session ends without reading:
-    a rank has a session of its own and outlives a killed torchrun."""
+    a rank has a session of its own and outlives a killed torchrun. Nothing if it has ended."""
+    if proc.poll() is not None:
+        return
     try:
         tree = [*psutil.Process(proc.pid).children(recursive=True)]
     except psutil.Error:  # ended already
@@ -162,6 +164,5 @@ class Chain:
         with self._lock:
             self._stopped.set()
             for proc in self._procs:
-                if proc.poll() is None:
-                    kill_tree(proc)
+                kill_tree(proc)
         self._thread.join(60)
