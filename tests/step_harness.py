@@ -2,14 +2,15 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node N tests/step_harness.py OUT
 
-For each case (a tiny recipe and overrides) every rank builds what the trainer builds: the
-plan for N ranks (global batch 16 in micro batches of 4, so accumulation 4, 2 or 1), the task,
-the model from run.seed, the accelerator, the optimizer and the training stream. It runs 2
-optimizer steps through `step_loss.train_step`, the trainer's own step. Rank 0 writes to
-OUT/world{N}.pt, per case and step: the step's loss, every gradient as the optimizer was
-about to apply it (clipping off), and the loss as the engine computed it before one loss per
-step (a mean of per-micro-batch means, averaged over ranks), so the test can show that one
-would have differed.
+For each case (a tiny recipe and overrides) and each micro batch size of SPLITS[N], every rank
+builds what the trainer builds: the plan for N ranks (global batch 16: at 1 rank micro batches
+of 4 with accumulation 4, or one of 16; at 2 ranks 4 with accumulation 2, or one of 8), the
+task, the model from run.seed, the accelerator, the optimizer and the training stream. It runs
+2 optimizer steps through `step_loss.train_step`, the trainer's own step. Rank 0 writes to
+OUT/world{N}.pt, per case, micro batch size and step: the step's loss, every gradient as the
+optimizer was about to apply it (clipping off), and the loss as the engine computed it before
+one loss per step (a mean of per-micro-batch means, averaged over ranks), so the test can show
+that one would have differed.
 """
 
 from __future__ import annotations
@@ -41,15 +42,20 @@ CASES = {
     # Windows of 40 tokens: an example has 3 or 4, so micro batches hold different counts.
     "qa": ("tiny_qa.py", ["data.max_length=40", "data.doc_stride=10"]),
 }
-COMMON = ["scale.strategy=ddp", "scale.precision=fp32", "scale.micro_batch=4",
-          "scale.global_batch=16", f"run.max_steps={STEPS}", "run.epochs=none",
+# world -> micro batch sizes: every step is 16 examples, split as accumulation only (1 x 4 x 4),
+# not at all (1 x 1 x 16: the whole step in one forward), across ranks only (2 x 1 x 8) and both
+# (2 x 2 x 4).
+SPLITS = {1: (4, 16), 2: (4, 8)}
+COMMON = ["scale.strategy=ddp", "scale.precision=fp32", "scale.global_batch=16", f"run.max_steps={STEPS}", "run.epochs=none",
           "model.dropout=0.0", "model.classifier_dropout=0.0", "data.num_workers=0",
           "optim.max_grad_norm=0", "optim.warmup_ratio=0"]
 
 
-def run_case(recipe: str, overrides: list[str], world: int, rank: int, out: Path, acc=None):
-    loaded = load(REPO / "recipes" / recipe,
-                  [*COMMON, *overrides, f"scale.procs_per_node={world}"])
+def run_case(recipe: str, overrides: list[str], micro_batch: int, world: int, rank: int,
+             out: Path, acc=None):
+    loaded = load(REPO / "recipes" / recipe, [*COMMON, *overrides,
+                                              f"scale.micro_batch={micro_batch}",
+                                              f"scale.procs_per_node={world}"])
     plan = build(loaded, run_dir=str(out / "unused"))
     task = tasks.for_recipe(plan.recipe)
     set_seed(plan.recipe.run.seed)
@@ -57,6 +63,11 @@ def run_case(recipe: str, overrides: list[str], world: int, rank: int, out: Path
     model = build_model(plan.recipe.model, task)
     pooler = packing.install(model) if plan.recipe.data.packing else None
     acc = acc or build_accelerator(plan, out)
+    # One accelerator for every case and split, as build_accelerator would make it for this
+    # split's accumulation, its count of micro batches back at 0 (a second accelerator in this
+    # process would need accelerate's singletons reset).
+    acc.gradient_accumulation_steps = plan.grad_accum
+    acc.step = 0
     weights = (None if plan.class_weights is None else
                torch.tensor(plan.class_weights, dtype=torch.float32, device=acc.device))
     optimizer = build_optimizer(model, plan.recipe.optim)
@@ -108,7 +119,10 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     results, acc = {}, None
     for name, (recipe, overrides) in CASES.items():
-        acc, results[name] = run_case(recipe, overrides, world, rank, out, acc)
+        results[name] = {}
+        for micro_batch in SPLITS[world]:
+            acc, results[name][micro_batch] = run_case(recipe, overrides, micro_batch, world,
+                                                       rank, out, acc)
     if rank == 0:
         torch.save(results, out / f"world{world}.pt")
     if dist.is_initialized():

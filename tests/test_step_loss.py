@@ -1,9 +1,11 @@
 """One loss per optimizer step: a labelled unit weighs the same however the step is split.
 
 The engine's real step (tests/step_harness.py under torchrun, gloo, fp32) runs 2 optimizer
-steps of global batch 16 at 1 rank x accumulation 4, 2 x 2 and 4 x 1: NER with balanced class
-weights (mostly 'O' tags, so far from uniform), news classification with explicit class
-weights and label smoothing, packed and not, and QA with 3 or 4 windows per example. Every
+steps of global batch 16, split as ranks x accumulation x micro batch 1 x 4 x 4, 1 x 1 x 16
+(the whole step in one forward), 2 x 2 x 4 and 2 x 1 x 8 (across ranks only): NER with
+balanced class weights (mostly 'O' tags, so far from uniform), news classification with
+explicit class weights and label smoothing, packed and not, and QA with 3 or 4 windows per
+example. Every
 split gives the same step losses and gradients; the per-micro-batch means the engine used to
 train on would not have.
 """
@@ -22,7 +24,10 @@ from launcher import tasks
 from launcher.engine.window import LogWindow
 from launcher.recipe.load import load
 
-WORLDS = (1, 2, 4)
+WORLDS = (1, 2)
+# (world, micro batch): the reference (accumulation only), then the whole step in one forward,
+# across ranks and accumulation, across ranks only
+SPLITS = ((1, 4), (1, 16), (2, 4), (2, 8))
 CASES = ("ner_balanced", "news_weighted", "news_weighted_packed", "qa")
 TOL = 1e-6
 
@@ -34,7 +39,7 @@ _STARTED: dict = {}
 
 
 def start_early(tmp_path_factory) -> None:
-    """The three launches start with the session, in the background (conftest.py); they
+    """The two launches start with the session, in the background (conftest.py); they
     share nothing."""
     out = tmp_path_factory.mktemp("step_loss")
     _STARTED.update(out=out, procs={
@@ -48,21 +53,23 @@ def stop_early() -> None:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[int, dict]:
+def results(tmp_path_factory) -> dict[tuple[int, int], dict]:
     if not _STARTED:
         start_early(tmp_path_factory)
     out = _STARTED["out"]
     for n, proc in _STARTED["procs"].items():
         output = finish(proc, timeout=600).stdout
         assert proc.returncode == 0, f"{n} ranks:\n{output[-4000:]}"
-    return {n: torch.load(out / f"world{n}.pt", weights_only=True) for n in WORLDS}
+    by_world = {n: torch.load(out / f"world{n}.pt", weights_only=True) for n in WORLDS}
+    return {(n, micro): {case: by_world[n][case][micro] for case in CASES}
+            for n, micro in SPLITS}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_step_loss_and_gradients_are_the_same_at_every_split(results, case):
-    one = results[1][case]
+    one = results[SPLITS[0]][case]
     assert len(one["loss"]) == len(one["grads"]) == 2
-    for n in WORLDS[1:]:
+    for n in SPLITS[1:]:
         other = results[n][case]
         for step in range(2):
             assert abs(other["loss"][step] - one["loss"][step]) <= TOL, (n, step)
@@ -74,12 +81,12 @@ def test_step_loss_and_gradients_are_the_same_at_every_split(results, case):
                 assert off <= TOL * max(1.0, float(a[name].abs().max())), (n, step, name, off)
     # ...and the comparison can fail: the mean of per-micro-batch means moves with the split.
     moved = max(abs(results[n][case]["old_loss"][s] - one["old_loss"][s])
-                for n in WORLDS[1:] for s in range(2))
+                for n in SPLITS[1:] for s in range(2))
     assert moved > 1e-4, moved
 
 
 def test_packing_trains_on_the_same_step_loss(results):
-    for n in WORLDS:
+    for n in SPLITS:
         plain, packed = results[n]["news_weighted"], results[n]["news_weighted_packed"]
         assert max(abs(a - b) for a, b in zip(plain["loss"], packed["loss"])) <= 1e-5
 
