@@ -1,6 +1,7 @@
-"""Run under torchrun by tests/test_family_strategies.py: every plan dir given trains in turn
-through the engine's own Trainer (build_model, build_accelerator, prepare, 2 steps, the last
-step's checkpoint, the export), in one process group.
+"""Run under torchrun by tests/test_family_strategies.py (and test_strategies.py,
+test_grad_accum.py): every plan dir given trains in turn through the engine's own Trainer
+(build_model, build_accelerator, prepare, the plan's steps, the last step's checkpoint, the
+export), in one process group.
 
 Between cells accelerate's singletons and transformers' ZeRO-3 flag are reset (the process
 group stays: accelerate and DeepSpeed reuse an initialised one). Rank 0 writes

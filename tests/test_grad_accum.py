@@ -1,16 +1,24 @@
-"""micro 4 x accumulation 2 must train the same weights as micro 8 x accumulation 1."""
+"""micro 4 x accumulation 2 must train the same weights as micro 8 x accumulation 1.
+
+Each run's plan is written by `launcher run --dry-run` in this process, from the tiny recipe
+and the overrides a user would give; the three plans then train in turn in one process under
+torchrun through the engine's own Trainer (tests/family_strategies.py): a launch each would
+be nearly all start-up for 2 steps. Step by step, the splits of a step are compared in
+tests/test_step_loss.py; here the whole loop (stream, scheduler, export) runs them.
+"""
 
 from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY
-from together import launch_together
+from conftest import REPO, TINY, in_process
+from together import finish, torchrun
+from launcher.run_dir import RunDir
 
 
-def _args(out, micro: int, accum: int) -> list:
-    return ["run", TINY, f"run.output_dir={out}", "run.max_steps=2", "run.epochs=none",
+def _overrides(out, micro: int, accum: int) -> list:
+    return [f"run.output_dir={out}", "run.max_steps=2", "run.epochs=none",
             f"scale.micro_batch={micro}", f"scale.grad_accum={accum}", "scale.precision=fp32",
             "model.dropout=0.0", "model.classifier_dropout=0.0", "optim.warmup_ratio=0",
             # A large epsilon makes AdamW's step proportional to the gradient: a mis-scaled
@@ -19,11 +27,14 @@ def _args(out, micro: int, accum: int) -> list:
 
 
 def _train_all(tmp_path, **runs: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:
-    """The three 2-step launches at once: nearly all of each is start-up."""
-    procs = launch_together(*(_args(tmp_path / name, micro, accum)
-                              for name, (micro, accum) in runs.items()))
-    for proc in procs:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    plan_dirs = []
+    for name, (micro, accum) in runs.items():
+        rc, out, err = in_process("run", TINY, *_overrides(tmp_path / name, micro, accum),
+                                  "--dry-run")
+        assert rc == 0 and "not launched (--dry-run)" in out, err
+        plan_dirs.append(RunDir(tmp_path / name).plan)
+    proc = finish(torchrun(REPO / "tests" / "family_strategies.py", 1, *plan_dirs))
+    assert proc.returncode == 0, proc.stdout[-4000:]
     return {name: load_file(tmp_path / name / "final" / "model.safetensors") for name in runs}
 
 
