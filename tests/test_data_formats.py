@@ -1,6 +1,8 @@
 """Local CSV and parquet files train like JSONL, with labels given by name or by id; rows with
-empty text are counted, reported and skipped. The two training runs go at once (module
-fixture `runs`); a mistake is refused in-process, before any process would start."""
+empty text are counted, reported and skipped. The two training runs are planned by
+`launcher run --dry-run` in pytest's process and trained in turn in one process (module
+fixture `runs`, together.in_turn); a mistake is refused in-process, before any process would
+start."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, TINY
-from together import launch_together
+from conftest import REPO, TINY, in_process
+from together import finish, in_turn
 from launcher.run_dir import RunDir
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
@@ -57,16 +59,18 @@ def runs(tmp_path_factory):
     empty_train = _jsonl(tmp / "train.jsonl", rows)
     empty_eval = _jsonl(tmp / "eval.jsonl", rows[:101])
     out = {"csv": RunDir(tmp / "csv-run"), "empty": RunDir(tmp / "empty-run")}
-    procs = launch_together(
-        ["run", TINY, f"data.train={train}", f"data.eval={evaluation}",
-         "data.label_column=topic", f"run.output_dir={out['csv'].root}", "run.epochs=1",
-         "scale.micro_batch=16"],
-        ["run", TINY, f"data.train={empty_train}", f"data.eval={empty_eval}",
-         f"run.output_dir={out['empty'].root}", "run.epochs=1", "run.trace_examples=true"],
-        OMP_NUM_THREADS="1")
-    for proc in procs:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {name: (out[name], proc) for name, proc in zip(("csv", "empty"), procs)}
+    planned = {
+        "csv": in_process("run", TINY, f"data.train={train}", f"data.eval={evaluation}",
+                          "data.label_column=topic", f"run.output_dir={out['csv'].root}",
+                          "run.epochs=1", "scale.micro_batch=16", "--dry-run"),
+        "empty": in_process("run", TINY, f"data.train={empty_train}", f"data.eval={empty_eval}",
+                            f"run.output_dir={out['empty'].root}", "run.epochs=1",
+                            "run.trace_examples=true", "--dry-run")}
+    for rc, stdout, stderr in planned.values():
+        assert rc == 0 and "not launched (--dry-run)" in stdout, stderr
+    proc = finish(in_turn(*(rd.plan for rd in out.values())))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return {name: (out[name], planned[name][1]) for name in out}
 
 
 def test_csv_train_with_label_names_and_parquet_eval(runs):
@@ -90,10 +94,10 @@ def test_eval_file_without_the_label_column_is_refused_naming_it(tmp_path, cli):
 
 
 def test_empty_rows_are_counted_reported_and_skipped(runs):
-    rd, proc = runs["empty"]
+    rd, said = runs["empty"]  # what `launcher run` said before its launch
     assert "data.train: 3 of 400 rows have empty text and are skipped (examples 0, 17, 255)" \
-        in proc.stdout
-    assert "data.eval: 2 of 101 rows" in proc.stdout
+        in said
+    assert "data.eval: 2 of 101 rows" in said
     plan = json.loads((rd.plan / "plan.json").read_text())
     assert plan["train_examples"] == 397 and plan["steps_per_epoch"] == 397 // 32
     seen = set((rd.trace / "rank0.txt").read_text().split())

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, in_process
-from together import finish, torchrun
+from conftest import TINY, in_process
+from together import finish, in_turn
 from launcher.run_dir import RunDir
 
 
@@ -33,7 +33,7 @@ def _train_all(tmp_path, **runs: tuple[int, int]) -> dict[str, dict[str, torch.T
                                   "--dry-run")
         assert rc == 0 and "not launched (--dry-run)" in out, err
         plan_dirs.append(RunDir(tmp_path / name).plan)
-    proc = finish(torchrun(REPO / "tests" / "family_strategies.py", 1, *plan_dirs))
+    proc = finish(in_turn(*plan_dirs))
     assert proc.returncode == 0, proc.stdout[-4000:]
     return {name: load_file(tmp_path / name / "final" / "model.safetensors") for name in runs}
 

@@ -8,17 +8,19 @@ as well as the shipped file.
 from __future__ import annotations
 
 import json
+import os
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, decoded_per_epoch
-from together import launch_together
+from conftest import REPO, TINY, decoded_per_epoch, in_process
+from together import finish, in_turn
 from launcher import plan as plan_mod
 from launcher import tasks
-from launcher.engine import data
+from launcher.engine import data, faults
 from launcher.engine.model import build_tokenizer
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
@@ -34,22 +36,26 @@ STREAM = ["data.streaming=true", "data.shuffle_window=150",
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunDir]:
-    """Every launch of the module that does not wait for another, at once, one thread each:
-    the tiny recipe (1 process, 2 epochs) on the shipped file and on the label-sorted one
-    (evaluated and saved at their end only: what is tested is the final accuracy and what was
-    decoded), and the window-shuffled stream run twice, once to the end and once stopped
-    after step 5."""
+    """Every run of the module that does not wait for another, planned by `launcher run
+    --dry-run` here and trained in turn in one process (together.in_turn): the tiny recipe
+    (2 epochs) on the shipped file and on the label-sorted one (evaluated and saved at their
+    end only: what is tested is the final accuracy and what was decoded), and the
+    window-shuffled stream run twice, once to the end and once stopped by SIGTERM after step
+    5 (LAUNCHER_FAULT, which the plan takes from the shell that plans it)."""
     done = {name: RunDir(tmp_path_factory.mktemp(name) / "run")
             for name in ("shipped", "sorted", "stream_ref", "stream_cut")}
-    procs = launch_together(
-        *(["run", TINY, f"run.output_dir={done[name].root}", f"data.train={train}",
-           "eval.every=0", "checkpoint.every=0"] for name, train in (("shipped", TRAIN),
-                                                                      ("sorted", SORTED))),
-        ["run", TINY, *STREAM, f"run.output_dir={done['stream_ref'].root}"],
-        ["run", TINY, *STREAM, f"run.output_dir={done['stream_cut'].root}"],
-        faults=(None, None, None, "at=step,step=5,rank=0,do=TERM"), OMP_NUM_THREADS="1")
-    for proc, want in zip(procs, (0, 0, 0, 75)):
-        assert proc.returncode == want, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = {name: ["run", TINY, f"run.output_dir={done[name].root}", f"data.train={train}",
+                   "eval.every=0", "checkpoint.every=0"]
+            for name, train in (("shipped", TRAIN), ("sorted", SORTED))}
+    args.update({name: ["run", TINY, *STREAM, f"run.output_dir={done[name].root}"]
+                 for name in ("stream_ref", "stream_cut")})
+    for name, launch in args.items():
+        fault = {faults.ENV: "at=step,step=5,rank=0,do=TERM"} if name == "stream_cut" else {}
+        with mock.patch.dict(os.environ, fault):
+            rc, out, err = in_process(*launch, "--dry-run")
+        assert rc == 0 and "not launched (--dry-run)" in out, err
+    proc = finish(in_turn(*(rd.plan for rd in done.values())))
+    assert proc.returncode == 0, proc.stdout[-4000:]
     return done
 
 
@@ -176,8 +182,12 @@ def test_window_shuffled_stream_preempted_and_resumed_ends_with_the_same_weights
     state = json.loads((cut.latest() / "trainer_state.json").read_text())
     assert state["position"] == {"epoch": 0, "row": 0, "examples": 160, "window": 1,
                                  "offset": 10}
-    (proc,) = launch_together(["resume", cut.root], OMP_NUM_THREADS="1")  # as the runs had
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((cut.root / "cell.json").read_text())["result"]["preempted"]
+    # `launcher resume` as far as its launch, then the engine from the checkpoint, as above
+    rc, out, err = in_process("resume", cut.root, "--dry-run")
+    assert rc == 0 and "from step 5" in out, err
+    proc = finish(in_turn(cut.plan))
+    assert proc.returncode == 0, proc.stdout[-4000:]
     assert cut.metrics.read_text().count("\n") == 12
     losses = [[json.loads(line)["loss"] for line in rd.metrics.read_text().splitlines()]
               for rd in (ref, cut)]

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, in_process
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
-from together import finish, kill_tree, start
+from together import finish, in_turn, kill_tree
 
 
 def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
@@ -62,31 +62,31 @@ _STARTED: dict = {}
 
 
 def start_early(tmp_path_factory) -> None:
-    """The two tiny_news runs, one process each, started together in the background
-    (conftest.py starts them with the session: this module is read late). One thread each
-    (the executor keeps an OMP_NUM_THREADS it is given; a lone rank would take both cores)."""
+    """The two tiny_news runs, planned by `launcher run --dry-run` here and trained in turn in
+    one process (together.in_turn), started in the background (conftest.py starts them with
+    the session: this module is read late)."""
     root = tmp_path_factory.mktemp("options")
-    _STARTED.update(root=root, procs={
-        name: start(["run", TINY, *extra, f"run.output_dir={root / name}"], background=True,
-                    OMP_NUM_THREADS="1") for name, extra in RUNS.items()})
+    for name, extra in RUNS.items():
+        rc, out, err = in_process("run", TINY, *extra, f"run.output_dir={root / name}",
+                                  "--dry-run")
+        assert rc == 0 and "not launched (--dry-run)" in out, err
+    _STARTED.update(root=root, proc=in_turn(*(RunDir(root / name).plan for name in RUNS),
+                                            background=True))
 
 
 def stop_early() -> None:
-    for proc in _STARTED.get("procs", {}).values():
-        kill_tree(proc)
+    if "proc" in _STARTED:
+        kill_tree(_STARTED["proc"])
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """name -> (run directory, the CLI's stdout) of the two runs."""
+    """name -> (run directory, what the runs printed) of the two runs."""
     if not _STARTED:
         start_early(tmp_path_factory)
-    out = {}
-    for name, proc in _STARTED["procs"].items():
-        done = finish(proc)
-        assert done.returncode == 0, (name, done.stdout[-3000:] + done.stderr[-3000:])
-        out[name] = (_STARTED["root"] / name, done.stdout)
-    return out
+    done = finish(_STARTED["proc"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    return {name: (_STARTED["root"] / name, done.stdout) for name in RUNS}
 
 
 def test_extra_head_layer_trains_exports_and_predicts(runs, cli):

@@ -39,6 +39,15 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
                   start_new_session=background)
 
 
+def in_turn(*plan_dirs: Path, nproc: int = 1, background: bool = False) -> subprocess.Popen:
+    """The plans in PLAN_DIRS (written by `launcher run ... --dry-run`) trained one after the
+    other by the engine's Trainer in one process group of NPROC ranks
+    (tests/family_strategies.py): one start-up, not one a run; one thread a rank. Started
+    as torchrun is."""
+    return torchrun(REPO / "tests" / "family_strategies.py", nproc, *plan_dirs,
+                    background=background, OMP_NUM_THREADS="1")
+
+
 def _popen(command: list, env: dict[str, str], background: bool, merged: bool = False,
            **popen: Any) -> subprocess.Popen:
     if not background:
