@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, in_process
 from launcher.engine import packing
-from together import launch_together
+from together import finish, in_turn
 
 TOL = 1e-5
 
@@ -101,12 +101,15 @@ VARIANTS = {"padded": ["data.packing=false"],
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The padded run and the two packed ones, launched together: name -> run directory."""
+    """The padded run and the two packed ones, planned by `launcher run --dry-run` here and
+    trained in turn by one 2-rank process group (together.in_turn): name -> run directory."""
     root = tmp_path_factory.mktemp("packing")
-    done = launch_together(*[["run", *RUN, *extra, f"run.output_dir={root / name}"]
-                             for name, extra in VARIANTS.items()])
-    for name, proc in zip(VARIANTS, done):
-        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    for name, extra in VARIANTS.items():
+        rc, out, err = in_process("run", *RUN, *extra, f"run.output_dir={root / name}",
+                                  "--dry-run")
+        assert rc == 0 and "not launched (--dry-run)" in out, err
+    proc = finish(in_turn(*(root / name / "plan" for name in VARIANTS), nproc=2))
+    assert proc.returncode == 0, proc.stdout[-4000:]
     return {name: root / name for name in VARIANTS}
 
 
