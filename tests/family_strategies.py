@@ -16,7 +16,8 @@ A plan's faults (plan.faults, engine/faults.py) are its step hooks, as engine/ma
 them over, so a cell may be stopped by a real signal and save; `result` in cell.json is what
 Trainer.train returned ({"preempted": true, "step": N} for a stopped cell), `mlflow` and
 `deepspeed_imported` whether this process has imported them by then. Each cell's
-`launcher` log lines go to its own RUN_DIR/logs/rank{R}.log, as in a launch.
+`launcher` log lines go to its own RUN_DIR/logs/rank{R}.log, as in a launch. Rank 0 prints
+`CELL RUN_DIR` before each cell's own output (together.cell_outputs splits them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+CELL = "CELL"
 
 
 def main(plan_dirs: list[str]) -> int:
@@ -48,6 +51,8 @@ def main(plan_dirs: list[str]) -> int:
     engine_log.setLevel(logging.INFO)
     for plan_dir in map(Path, plan_dirs):
         plan = Plan.from_json((plan_dir / "plan.json").read_text())
+        if rank == 0:
+            print(f"{CELL} {plan.run_dir}", flush=True)
         rd = RunDir(plan.run_dir)
         rd.logs.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(rd.rank_log(rank))

@@ -1,6 +1,10 @@
 """The four tiny task twins (recipes/tiny_{nli,multilabel,ner,qa}.py), each trained once per
-test session on 2 CPU ranks, all four launched at once (tests/together.py), with the session
-(start, called by conftest.py). Every test of tests/test_tasks.py reads the same runs.
+test session on 2 CPU ranks, started with the session (start, called by conftest.py). Every
+test of tests/test_tasks.py reads the same runs.
+
+Each run is planned by `launcher run ... --dry-run` in pytest's process; the four then train
+in turn in one 2-rank process group (together.in_turn: the engine's Trainer, one start-up for
+the four, not one each), in the background.
 
 Each run is shortened from its recipe's epochs to a fixed number of steps at a higher learning
 rate, with one evaluation and one checkpoint, both at the last step (the engine always evaluates
@@ -9,11 +13,10 @@ and checkpoints there). Seeded (run.seed), so the numbers are the same on every 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import together
-from conftest import REPO
+from conftest import REPO, in_process
 from launcher.run_dir import RunDir
 
 # name -> (steps, learning rate); the recipes' own: nli 10 epochs (460 steps), multilabel 5,
@@ -26,39 +29,42 @@ from launcher.run_dir import RunDir
 SHORT = {"nli": (360, 1.5e-3), "multilabel": (40, 3e-3), "ner": (40, 3e-3), "qa": (250, 2e-3)}
 
 _RUNS: dict[str, tuple[RunDir, str]] = {}
-_STARTED: dict[str, tuple[Path, subprocess.Popen]] = {}
+_STARTED: dict = {}
 
 
 def start(base: Path) -> None:
-    """Start the four runs under `base`, not waiting for them. conftest.py starts them with the
-    session when tests/test_tasks.py is collected: they train while the in-process tests and
-    the lone launches of the modules before it leave a core idle."""
+    """Plan the four runs under `base` and start them, not waiting for them. conftest.py
+    starts them with the session when tests/test_tasks.py is collected: they train while the
+    in-process tests and the lone launches of the modules before it leave a core idle."""
     if _STARTED:  # trained() starts them too
         return
+    runs = {}
     for name, (steps, lr) in SHORT.items():
-        out = base / name / "run"
-        _STARTED[name] = (out, together.start(
-            ["run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
-             "run.epochs=None", f"run.max_steps={steps}", f"optim.lr={lr}",
-             f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={out}"],
-            background=True))
+        runs[name] = RunDir(base / name / "run")
+        rc, out, err = in_process(
+            "run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
+            "run.epochs=None", f"run.max_steps={steps}", f"optim.lr={lr}",
+            f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={runs[name].root}",
+            "--dry-run")
+        assert rc == 0 and "not launched (--dry-run)" in out, (name, err)
+    _STARTED.update(runs=runs, proc=together.in_turn(*(rd.plan for rd in runs.values()),
+                                                     nproc=2, background=True))
 
 
 def trained(base: Path) -> dict[str, tuple[RunDir, str]]:
-    """name -> (run directory, the CLI's stdout), trained on first use under `base` unless
-    started already (start)."""
+    """name -> (run directory, what its training printed), trained on first use under `base`
+    unless started already (start)."""
     if not _RUNS:
         start(base)
-        for name, (out, proc) in _STARTED.items():
-            done = together.finish(proc)
-            assert done.returncode == 0, (name, done.stdout[-3000:] + done.stderr[-3000:])
-            _RUNS[name] = (RunDir(out), done.stdout)
+        done = together.finish(_STARTED["proc"])
+        assert done.returncode == 0, done.stdout[-4000:]
+        printed = together.cell_outputs(done.stdout)
+        for name, rd in _STARTED["runs"].items():
+            _RUNS[name] = (rd, printed[str(rd.root)])
     return _RUNS
 
 
 def stop() -> None:
-    """SIGTERM to any run still going (a session that ended before reading them)."""
-    for _, proc in _STARTED.values():
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=120)
+    """End the runs if still going (a session that ended before reading them)."""
+    if "proc" in _STARTED:
+        together.kill_tree(_STARTED["proc"])

@@ -48,6 +48,19 @@ def in_turn(*plan_dirs: Path, nproc: int = 1, background: bool = False) -> subpr
                     background=background, OMP_NUM_THREADS="1")
 
 
+def cell_outputs(stdout: str) -> dict[str, str]:
+    """What an in_turn process printed, by run directory: each cell's part of its output."""
+    parts: dict[str, str] = {}
+    run_dir = None
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith("CELL "):  # tests/family_strategies.py's line before each cell
+            run_dir = line.split(" ", 1)[1].strip()
+            parts[run_dir] = ""
+        elif run_dir is not None:
+            parts[run_dir] += line
+    return parts
+
+
 def _popen(command: list, env: dict[str, str], background: bool, merged: bool = False,
            **popen: Any) -> subprocess.Popen:
     if not background:
