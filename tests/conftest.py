@@ -111,20 +111,19 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session", autouse=True)
 def _early_launches(request, tmp_path_factory):
-    """Launches a module reads late in the session, started with it in the background
-    (tests/together.py) when a test that reads them is collected: they train on what the tests
-    before it leave idle of the 2 cores (a fifth of the suite's time). A module asks for it
-    with `start_early(tmp_path_factory)`, names the fixtures that read them in `EARLY_FOR`,
-    and `stop_early()` ends what is still running."""
+    """Launches a module reads late, started with the session in the background when a test
+    that reads them is collected (a module's `EARLY`, a together.Early): they train on what
+    the tests before them leave idle of the 2 cores (a fifth of the suite's time)."""
     modules = sorted({item.module for item in request.session.items
-                      if hasattr(getattr(item, "module", None), "start_early")
-                      and set(item.module.EARLY_FOR) & set(getattr(item, "fixturenames", ()))},
+                      if hasattr(getattr(item, "module", None), "EARLY")
+                      and set(item.module.EARLY.reads) & set(getattr(item, "fixturenames", ()))},
                      key=lambda module: module.__name__)
-    for module in modules:
-        module.start_early(tmp_path_factory)
+    early = [module.EARLY for module in modules]
+    for launches in early:
+        launches.start(tmp_path_factory)
     yield
-    for module in modules:
-        module.stop_early()
+    for launches in early:
+        launches.stop()
 
 
 def cli_env() -> dict[str, str]:

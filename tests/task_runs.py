@@ -1,5 +1,5 @@
 """The four tiny task twins (recipes/tiny_{nli,multilabel,ner,qa}.py), each trained once per
-test session on 2 CPU ranks, started with the session (start, called by conftest.py). Every
+test session on 2 CPU ranks, started with the session (EARLY, started by conftest.py). Every
 test of tests/test_tasks.py reads the same runs.
 
 Each run is planned by `launcher run ... --dry-run` in pytest's process; the four then train
@@ -28,16 +28,8 @@ from launcher.run_dir import RunDir
 # 300 and 150 steps), and 400 steps at 1.5e-3 stopped at 0.49, so change these with care.
 SHORT = {"nli": (360, 1.5e-3), "multilabel": (40, 3e-3), "ner": (40, 3e-3), "qa": (250, 2e-3)}
 
-_RUNS: dict[str, tuple[RunDir, str]] = {}
-_STARTED: dict = {}
-
-
-def start(base: Path) -> None:
-    """Plan the four runs under `base` and start them, not waiting for them. conftest.py
-    starts them with the session when tests/test_tasks.py is collected: they train while the
-    in-process tests and the lone launches of the modules before it leave a core idle."""
-    if _STARTED:  # trained() starts them too
-        return
+def _launch(base: Path) -> dict:
+    """Plan the four runs under `base` and start them in the background, not waiting for them."""
     runs = {}
     for name, (steps, lr) in SHORT.items():
         runs[name] = RunDir(base / name / "run")
@@ -47,24 +39,23 @@ def start(base: Path) -> None:
             f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={runs[name].root}",
             "--dry-run")
         assert rc == 0 and "not launched (--dry-run)" in out, (name, err)
-    _STARTED.update(runs=runs, proc=together.in_turn(*(rd.plan for rd in runs.values()),
-                                                     nproc=2, background=True))
+    return {"runs": runs, "proc": together.in_turn(*(rd.plan for rd in runs.values()), nproc=2,
+                                                   background=True)}
 
 
-def trained(base: Path) -> dict[str, tuple[RunDir, str]]:
-    """name -> (run directory, what its training printed), trained on first use under `base`
-    unless started already (start)."""
+# Started with the session (conftest.py) when tests/test_tasks.py is collected: the runs train
+# while the in-process tests and the lone launches of the modules before it leave a core idle.
+EARLY = together.Early("task_runs", _launch, reads=("trained", "qa_run"))
+_RUNS: dict[str, tuple[RunDir, str]] = {}
+
+
+def trained(tmp_path_factory) -> dict[str, tuple[RunDir, str]]:
+    """name -> (run directory, what its training printed), waited for on first use."""
     if not _RUNS:
-        start(base)
-        done = together.finish(_STARTED["proc"])
+        started = EARLY.start(tmp_path_factory)
+        done = together.finish(started["proc"])
         assert done.returncode == 0, done.stdout[-4000:]
         printed = together.cell_outputs(done.stdout)
-        for name, rd in _STARTED["runs"].items():
+        for name, rd in started["runs"].items():
             _RUNS[name] = (rd, printed[str(rd.root)])
     return _RUNS
-
-
-def stop() -> None:
-    """End the runs if still going (a session that ended before reading them)."""
-    if "proc" in _STARTED:
-        together.kill_tree(_STARTED["proc"])

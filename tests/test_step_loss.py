@@ -12,6 +12,7 @@ train on would not have.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from together import finish, kill_tree, torchrun
+from together import Early, finish, torchrun
 from launcher import tasks
 from launcher.engine.window import LogWindow
 from launcher.recipe.load import load
@@ -32,35 +33,24 @@ CASES = ("ner_balanced", "news_weighted", "news_weighted_packed", "qa")
 TOL = 1e-6
 
 
-EARLY_FOR = ("results",)  # the fixtures that read what start_early starts
-
-
-_STARTED: dict = {}
-
-
-def start_early(tmp_path_factory) -> None:
-    """The two launches start with the session, in the background (conftest.py); they
-    share nothing."""
-    out = tmp_path_factory.mktemp("step_loss")
-    _STARTED.update(out=out, procs={
+def _launch(out: Path) -> dict:
+    """The two launches share nothing: both at once."""
+    return {"out": out, "procs": {
         n: torchrun(REPO / "tests" / "step_harness.py", n, out, background=True,
-                    OMP_NUM_THREADS="1") for n in WORLDS})
+                    OMP_NUM_THREADS="1") for n in WORLDS}}
 
 
-def stop_early() -> None:
-    for proc in _STARTED.get("procs", {}).values():
-        kill_tree(proc)
+EARLY = Early("step_loss", _launch, reads=("results",))
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[tuple[int, int], dict]:
-    if not _STARTED:
-        start_early(tmp_path_factory)
-    out = _STARTED["out"]
-    for n, proc in _STARTED["procs"].items():
+    started = EARLY.start(tmp_path_factory)
+    for n, proc in started["procs"].items():
         output = finish(proc, timeout=600).stdout
         assert proc.returncode == 0, f"{n} ranks:\n{output[-4000:]}"
-    by_world = {n: torch.load(out / f"world{n}.pt", weights_only=True) for n in WORLDS}
+    by_world = {n: torch.load(started["out"] / f"world{n}.pt", weights_only=True)
+                for n in WORLDS}
     return {(n, micro): {case: by_world[n][case][micro] for case in CASES}
             for n, micro in SPLITS}
 

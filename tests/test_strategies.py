@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, in_process
-from together import finish, kill_tree, torchrun
+from conftest import TINY, in_process
+from together import Early, finish, in_turn
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -63,15 +63,7 @@ def losses(rd: RunDir) -> dict[int, float]:
 
 
 NAMES = ("ddp", *STRATEGIES)
-EARLY_FOR = ("stopped",)  # the fixtures that read what start_early starts
-
-
-_WAVE_1: dict = {}
-
-
-def start_early(tmp_path_factory) -> None:
-    """Wave 1 starts with the session, in the background (conftest.py)."""
-    root = tmp_path_factory.mktemp("strategies")
+def _wave_1(root: Path) -> dict:
     plan_dirs = []
     for name in NAMES:
         plan = build(load(TINY, [*OVERRIDES, f"scale.strategy={name}"]),
@@ -80,13 +72,10 @@ def start_early(tmp_path_factory) -> None:
             plan = dataclasses.replace(plan, faults=faults.parse(STOP))
         write_plan(plan, RunDir(root / name).plan)
         plan_dirs.append(RunDir(root / name).plan)
-    _WAVE_1.update(root=root, proc=torchrun(REPO / "tests" / "family_strategies.py", 2,
-                                            *plan_dirs, background=True))
+    return {"root": root, "proc": in_turn(*plan_dirs, nproc=2, background=True)}
 
 
-def stop_early() -> None:
-    if "proc" in _WAVE_1:
-        kill_tree(_WAVE_1["proc"])
+EARLY = Early("strategies", _wave_1, reads=("stopped",))  # wave 1, with the session
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +83,8 @@ def stopped(tmp_path_factory) -> dict:
     """Wave 1: the DDP run that never stops and each strategy's run stopped by SIGTERM on
     rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
     what Trainer.train returned)}."""
-    if not _WAVE_1:
-        start_early(tmp_path_factory)
-    root, proc = _WAVE_1["root"], _WAVE_1["proc"]
+    started = EARLY.start(tmp_path_factory)
+    root, proc = started["root"], started["proc"]
     output = finish(proc, timeout=900).stdout
     assert proc.returncode == 0, output[-8000:]
     return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
@@ -126,8 +114,7 @@ def resumed(stopped) -> dict:
         rc, out, err = in_process("resume", stopped[name][0].root, "--dry-run")
         assert rc == 0, out + err
         said[name] = out
-    proc = torchrun(REPO / "tests" / "family_strategies.py", 2,
-                    *(stopped[name][0].plan for name in names))
+    proc = in_turn(*(stopped[name][0].plan for name in names), nproc=2)
     output = finish(proc, timeout=900).stdout
     assert proc.returncode == 0, output[-8000:]
     return {name: (said[name], json.loads((stopped[name][0].root / "cell.json").read_text()))

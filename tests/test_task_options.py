@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TINY, in_process
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
-from together import finish, in_turn, kill_tree
+from together import Early, finish, in_turn
 
 
 def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
@@ -57,36 +58,27 @@ RUNS = {
               "eval.early_stopping_patience=2", "checkpoint.every=0", "checkpoint.keep_last=1",
               "eval.max_examples=300"],
 }
-EARLY_FOR = ("runs",)  # the fixture that reads what start_early starts
-_STARTED: dict = {}
-
-
-def start_early(tmp_path_factory) -> None:
+def _launch(root: Path) -> dict:
     """The two tiny_news runs, planned by `launcher run --dry-run` here and trained in turn in
-    one process (together.in_turn), started in the background (conftest.py starts them with
-    the session: this module is read late)."""
-    root = tmp_path_factory.mktemp("options")
+    one process (together.in_turn)."""
     for name, extra in RUNS.items():
         rc, out, err = in_process("run", TINY, *extra, f"run.output_dir={root / name}",
                                   "--dry-run")
         assert rc == 0 and "not launched (--dry-run)" in out, err
-    _STARTED.update(root=root, proc=in_turn(*(RunDir(root / name).plan for name in RUNS),
-                                            background=True))
+    return {"root": root,
+            "proc": in_turn(*(RunDir(root / name).plan for name in RUNS), background=True)}
 
 
-def stop_early() -> None:
-    if "proc" in _STARTED:
-        kill_tree(_STARTED["proc"])
+EARLY = Early("options", _launch, reads=("runs",))  # with the session: this module is read late
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """name -> (run directory, what the runs printed) of the two runs."""
-    if not _STARTED:
-        start_early(tmp_path_factory)
-    done = finish(_STARTED["proc"])
+    started = EARLY.start(tmp_path_factory)
+    done = finish(started["proc"])
     assert done.returncode == 0, done.stdout[-4000:]
-    return {name: (_STARTED["root"] / name, done.stdout) for name in RUNS}
+    return {name: (started["root"] / name, done.stdout) for name in RUNS}
 
 
 def test_extra_head_layer_trains_exports_and_predicts(runs, cli):

@@ -23,22 +23,13 @@ from launcher.run_dir import RunDir
 from together import launch_together
 
 
-EARLY_FOR = ("trained", "qa_run")  # the fixtures that read what start_early starts
-
-
-def start_early(tmp_path_factory) -> None:
-    """The task runs start with the session, in the background (conftest.py)."""
-    task_runs.start(tmp_path_factory.mktemp("task_runs"))
-
-
-stop_early = task_runs.stop
+EARLY = task_runs.EARLY  # the task runs, started with the session (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """name -> (run dir, stdout): the four twins, trained once a session (tests/task_runs.py)."""
-    runs = task_runs.trained(tmp_path_factory.mktemp("task_runs"))
-    return runs.__getitem__
+    return task_runs.trained(tmp_path_factory).__getitem__
 
 
 def _eval_rows(name: str) -> list[dict]:
@@ -213,7 +204,7 @@ def qa_run(tmp_path_factory):
     """tiny_qa as trained above (one run a session, tests/task_runs.py), and the first 200
     eval rows. The thresholds must decide differently on some of them (the
     test checks that they do)."""
-    rd, _ = task_runs.trained(tmp_path_factory.mktemp("task_runs"))["qa"]  # the same runs
+    rd, _ = task_runs.trained(tmp_path_factory)["qa"]  # the same runs
     rows = (REPO / "data" / "tiny_qa" / "eval.jsonl").read_text().splitlines()[:200]
     data = tmp_path_factory.mktemp("qa") / "dev.jsonl"
     data.write_text("\n".join(rows) + "\n")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, TINY
-from together import Chain
+from together import Chain, Early
 from launcher import cli, tasks
 from launcher import plan as plan_mod
 from launcher.engine import budget, data
@@ -162,22 +163,13 @@ RUN = ["scale.tokens_per_step=1024", "scale.micro_tokens=192", "run.epochs=1",
        "--nproc-per-node"]
 
 
-EARLY_FOR = ("budget_runs",)  # the fixture that reads what start_early starts
-_CHAIN: dict = {}
-
-
-def start_early(tmp_path_factory) -> None:
-    """The launches below start with the session, in the background (conftest.py): this
-    module is read late."""
-    root = tmp_path_factory.mktemp("budget")
+def _launch(root: Path) -> dict:
     rows = (REPO / "data/tiny_news/train.jsonl").read_text().splitlines(keepends=True)[:400]
     (root / "train.jsonl").write_text("".join(rows))
-    _CHAIN["chain"] = Chain(lambda chain: _budget_runs(chain, root))
+    return {"chain": Chain(lambda chain: _budget_runs(chain, root))}
 
 
-def stop_early() -> None:
-    if "chain" in _CHAIN:
-        _CHAIN["chain"].stop()
+EARLY = Early("budget", _launch, reads=("budget_runs",))  # with the session: read late
 
 
 def _budget_runs(chain: Chain, root) -> dict:
@@ -197,9 +189,7 @@ def _budget_runs(chain: Chain, root) -> dict:
 
 @pytest.fixture(scope="module")
 def budget_runs(tmp_path_factory) -> dict:
-    if not _CHAIN:
-        start_early(tmp_path_factory)
-    return _CHAIN["chain"].result()
+    return EARLY.start(tmp_path_factory)["chain"].result()
 
 
 def _ledger(rd: RunDir) -> dict[int, list[str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, cli_env
-from together import Chain
+from together import Chain, Early
 from launcher import cli
 from launcher.run_dir import RunDir
 
@@ -30,20 +30,12 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-EARLY_FOR = ("run",)  # the fixture that reads what start_early starts
-_CHAIN: dict = {}
+def _launch(root: Path) -> dict:
+    """The run and its resume."""
+    return {"chain": Chain(lambda chain: _preempted_and_resumed(chain, root / "run"))}
 
 
-def start_early(tmp_path_factory) -> None:
-    """The run and its resume start with the session, in the background (conftest.py): this
-    module is read late."""
-    out = tmp_path_factory.mktemp("trackers") / "run"
-    _CHAIN["chain"] = Chain(lambda chain: _preempted_and_resumed(chain, out))
-
-
-def stop_early() -> None:
-    if "chain" in _CHAIN:
-        _CHAIN["chain"].stop()
+EARLY = Early("trackers", _launch, reads=("run",))  # with the session: read late
 
 
 def _preempted_and_resumed(chain: Chain, out) -> RunDir:
@@ -58,9 +50,7 @@ def _preempted_and_resumed(chain: Chain, out) -> RunDir:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunDir:
-    if not _CHAIN:
-        start_early(tmp_path_factory)
-    return _CHAIN["chain"].result()
+    return EARLY.start(tmp_path_factory)["chain"].result()
 
 
 def _logged(rd: RunDir) -> list[dict]:

@@ -3,39 +3,31 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY, decoded_per_epoch
-from together import finish, kill_tree, start
+from together import Early, finish, start
 from launcher.run_dir import RunDir
 
 
-EARLY_FOR = ("two_rank_run",)  # the fixture that reads what start_early starts
-_STARTED: dict = {}
+def _launch(root: Path) -> dict:
+    out = root / "tiny"
+    return {"out": out, "proc": start(["run", TINY, "--nproc-per-node", "2",
+                                       f"run.output_dir={out}", "run.trace_examples=true"],
+                                      background=True)}
 
 
-def start_early(tmp_path_factory) -> None:
-    """The run starts with the session, in the background (conftest.py): this module is read
-    late."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    _STARTED.update(out=out, proc=start(["run", TINY, "--nproc-per-node", "2",
-                                         f"run.output_dir={out}", "run.trace_examples=true"],
-                                        background=True))
-
-
-def stop_early() -> None:
-    if "proc" in _STARTED:
-        kill_tree(_STARTED["proc"])
+EARLY = Early("run", _launch, reads=("two_rank_run",))  # with the session: read late
 
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    if not _STARTED:
-        start_early(tmp_path_factory)
-    proc = finish(_STARTED["proc"])
+    started = EARLY.start(tmp_path_factory)
+    proc = finish(started["proc"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return RunDir(_STARTED["out"]), proc
+    return RunDir(started["out"]), proc
 
 
 def test_two_ranks_read_disjoint_examples(two_rank_run):

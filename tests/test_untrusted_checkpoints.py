@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from together import finish, kill_tree, start
+from together import Early, finish, start
 from launcher.checkpoint import store, trust
 from launcher.run_dir import RunDir
 
@@ -113,33 +113,24 @@ def craft_dcp(ckpt: Path, key: str, payload: Payload) -> None:
     resign(ckpt)
 
 
-EARLY_FOR = ("preempted_ddp",)  # the fixture that reads what start_early starts
-_STARTED: dict = {}
-
-
-def start_early(tmp_path_factory) -> None:
-    """The run starts with the session, in the background (conftest.py): this module is read
-    last."""
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    _STARTED.update(out=out, proc=start(
+def _launch(root: Path) -> dict:
+    out = root / "run"
+    return {"out": out, "proc": start(
         ["run", TINY, "run.max_steps=4", "run.epochs=None", "eval.every=0",
          "eval.max_examples=32", "checkpoint.every=2", "checkpoint.keep_last=3",
-         f"run.output_dir={out}"], fault="at=step,step=3,rank=0,do=TERM", background=True))
+         f"run.output_dir={out}"], fault="at=step,step=3,rank=0,do=TERM", background=True)}
 
 
-def stop_early() -> None:
-    if "proc" in _STARTED:
-        kill_tree(_STARTED["proc"])
+EARLY = Early("ddp", _launch, reads=("preempted_ddp",))  # with the session: read last
 
 
 @pytest.fixture(scope="module")
 def preempted_ddp(tmp_path_factory) -> RunDir:
     """A 1-process tiny run stopped by SIGTERM after step 3: checkpoints step 2 and step 3."""
-    if not _STARTED:
-        start_early(tmp_path_factory)
-    proc = finish(_STARTED["proc"])
+    started = EARLY.start(tmp_path_factory)
+    proc = finish(started["proc"])
     assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rd = RunDir(_STARTED["out"])
+    rd = RunDir(started["out"])
     assert [p.name for p in store.complete(rd)] == ["step-0000002", "step-0000003"]
     return rd
 

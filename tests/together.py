@@ -188,3 +188,33 @@ class Chain:
             for proc in self._procs:
                 kill_tree(proc)
         self._thread.join(60)
+
+
+class Early:
+    """What a module reads late, launched with the session in the background: conftest.py
+    (`_early_launches`) starts it when a test that uses one of the fixtures named in `reads`
+    is collected, and stops what is still running when the session ends; the fixture that
+    reads it calls `start` too (a run of that module alone starts it there).
+
+    `launch(root)` starts the launches under a fresh folder `root`, not waiting for them
+    (start, torchrun or in_turn with background=True, or a Chain), and returns what the
+    fixture reads: those Popens and Chains (or a dict of Popens) and anything else, by name.
+    They train on what the tests before them leave idle of the 2 cores."""
+
+    def __init__(self, name: str, launch: Callable[[Path], dict[str, Any]], *,
+                 reads: tuple[str, ...]):
+        self.name, self.reads, self._launch = name, reads, launch
+        self._started: dict[str, Any] | None = None
+
+    def start(self, tmp_path_factory) -> dict[str, Any]:
+        if self._started is None:
+            self._started = self._launch(tmp_path_factory.mktemp(self.name))
+        return self._started
+
+    def stop(self) -> None:
+        for value in (self._started or {}).values():
+            for item in (value.values() if isinstance(value, dict) else (value,)):
+                if isinstance(item, Chain):
+                    item.stop()
+                elif isinstance(item, subprocess.Popen):
+                    kill_tree(item)
