@@ -3,7 +3,7 @@
 Each cell is a real plan (launcher's planning and rendering) for 2 ranks, trained for 2 steps
 by the engine's own Trainer on 2 gloo ranks: model, accelerator (DDP, DeepSpeed ZeRO-2/3 or
 FSDP2), checkpoint of the last step in the strategy's own format, and the export. 28 torchrun
-launches would take minutes, so one launch (tests/family_strategies.py) trains the 28 cells in
+launches would take minutes, so one launch (tests/train_in_turn.py) trains the 28 cells in
 turn in one process group. What each cell shows: the distributed type accelerate set up (and
 the ZeRO stage), 2 steps logged with a finite loss, a complete checkpoint, and an export that
 loads back as the family's model; under FSDP (really sharded on these CPU ranks), the modules
@@ -54,7 +54,7 @@ def matrix(tmp_path_factory):
             plan_dirs.append(str(out / "plan"))
             cells[strategy, family] = out
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(REPO / "tests" / "family_strategies.py"),
+                           "--nproc-per-node", "2", str(REPO / "tests" / "train_in_turn.py"),
                            *plan_dirs], cwd=REPO, env=cli_env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

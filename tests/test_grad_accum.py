@@ -2,7 +2,7 @@
 
 Each run's plan is written by `launcher run --dry-run` in this process, from the tiny recipe
 and the overrides a user would give; the three plans then train in turn in one process under
-torchrun through the engine's own Trainer (tests/family_strategies.py): a launch each would
+torchrun through the engine's own Trainer (tests/train_in_turn.py): a launch each would
 be nearly all start-up for 2 steps. Step by step, the splits of a step are compared in
 tests/test_step_loss.py; here the whole loop (stream, scheduler, export) runs them.
 """

@@ -15,7 +15,7 @@ optimizer state, a wrong data position or a wrong learning rate after the resume
 loss by 1e-3 or more.
 
 Two waves, each one 2-rank torchrun process group in which the engine's Trainer trains run
-after run (tests/family_strategies.py: a launch per run would import torch, transformers and
+after run (tests/train_in_turn.py: a launch per run would import torch, transformers and
 DeepSpeed on 22 ranks). First the DDP run and every strategy's run until its stop, made by
 launcher's own planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes
 it). Then every stopped run is resumed: `launcher resume --dry-run` picks its checkpoint and

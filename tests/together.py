@@ -42,9 +42,9 @@ def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
 def in_turn(*plan_dirs: Path, nproc: int = 1, background: bool = False) -> subprocess.Popen:
     """The plans in PLAN_DIRS (written by `launcher run ... --dry-run`) trained one after the
     other by the engine's Trainer in one process group of NPROC ranks
-    (tests/family_strategies.py): one start-up, not one a run; one thread a rank. Started
+    (tests/train_in_turn.py): one start-up, not one a run; one thread a rank. Started
     as torchrun is."""
-    return torchrun(REPO / "tests" / "family_strategies.py", nproc, *plan_dirs,
+    return torchrun(REPO / "tests" / "train_in_turn.py", nproc, *plan_dirs,
                     background=background, OMP_NUM_THREADS="1")
 
 
@@ -53,7 +53,7 @@ def cell_outputs(stdout: str) -> dict[str, str]:
     parts: dict[str, str] = {}
     run_dir = None
     for line in stdout.splitlines(keepends=True):
-        if line.startswith("CELL "):  # tests/family_strategies.py's line before each cell
+        if line.startswith("CELL "):  # tests/train_in_turn.py's line before each cell
             run_dir = line.split(" ", 1)[1].strip()
             parts[run_dir] = ""
         elif run_dir is not None:

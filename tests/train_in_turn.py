@@ -1,7 +1,8 @@
-"""Run under torchrun by tests/test_family_strategies.py (and test_strategies.py,
-test_grad_accum.py): every plan dir given trains in turn through the engine's own Trainer
-(build_model, build_accelerator, prepare, the plan's steps, the last step's checkpoint, the
-export), in one process group.
+"""Several runs trained one after the other in one process group, under torchrun
+(together.in_turn; tests/test_family_strategies.py starts it itself): every plan dir given
+trains in turn through the engine's own Trainer (build_model, build_accelerator, prepare, the
+plan's steps, the last step's checkpoint, the export). One start-up (torch, transformers,
+the process group) for all of them instead of a launch each.
 
 Between cells accelerate's singletons and transformers' ZeRO-3 flag are reset (the process
 group stays: accelerate and DeepSpeed reuse an initialised one). Rank 0 writes
