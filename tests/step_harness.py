@@ -46,8 +46,8 @@ CASES = {
 # not at all (1 x 1 x 16: the whole step in one forward), across ranks only (2 x 1 x 8) and both
 # (2 x 2 x 4).
 SPLITS = {1: (4, 16), 2: (4, 8)}
-COMMON = ["scale.strategy=ddp", "scale.precision=fp32", "scale.global_batch=16", f"run.max_steps={STEPS}", "run.epochs=none",
-          "model.dropout=0.0", "model.classifier_dropout=0.0", "data.num_workers=0",
+COMMON = ["scale.strategy=ddp", "scale.precision=fp32", "scale.global_batch=16",
+          f"run.max_steps={STEPS}", "run.epochs=none", "model.dropout=0.0", "model.classifier_dropout=0.0", "data.num_workers=0",
           "optim.max_grad_norm=0", "optim.warmup_ratio=0"]
 
 

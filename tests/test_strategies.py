@@ -63,7 +63,10 @@ def losses(rd: RunDir) -> dict[int, float]:
 
 
 NAMES = ("ddp", *STRATEGIES)
+
+
 def _wave_1(root: Path) -> dict:
+    """The plans of wave 1, made by launcher's own planning, started in the background."""
     plan_dirs = []
     for name in NAMES:
         plan = build(load(TINY, [*OVERRIDES, f"scale.strategy={name}"]),
