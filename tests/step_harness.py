@@ -47,8 +47,9 @@ CASES = {
 # (2 x 2 x 4).
 SPLITS = {1: (4, 16), 2: (4, 8)}
 COMMON = ["scale.strategy=ddp", "scale.precision=fp32", "scale.global_batch=16",
-          f"run.max_steps={STEPS}", "run.epochs=none", "model.dropout=0.0", "model.classifier_dropout=0.0", "data.num_workers=0",
-          "optim.max_grad_norm=0", "optim.warmup_ratio=0"]
+          f"run.max_steps={STEPS}", "run.epochs=none", "model.dropout=0.0",
+          "model.classifier_dropout=0.0", "data.num_workers=0", "optim.max_grad_norm=0",
+          "optim.warmup_ratio=0"]
 
 
 def run_case(recipe: str, overrides: list[str], micro_batch: int, world: int, rank: int,
