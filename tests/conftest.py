@@ -127,8 +127,12 @@ def _early_launches(request, tmp_path_factory):
 
 
 def cli_env() -> dict[str, str]:
+    """The environment of every process the tests launch: offline, and the test extra's
+    reference packages hidden from it (tests/launched/sitecustomize.py)."""
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
-                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
+                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join(
+                    p for p in (str(REPO / "tests" / "launched"), os.environ.get("PYTHONPATH"))
+                    if p))
 
 
 def launcher(*args: str, timeout: int = 300, fault: str | None = None) -> subprocess.CompletedProcess:
