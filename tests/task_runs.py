@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import together
-from conftest import REPO, in_process
+from conftest import REPO
 from launcher.run_dir import RunDir
 
 # name -> (steps, learning rate); the recipes' own: nli 10 epochs (460 steps), multilabel 5,
@@ -33,12 +33,10 @@ def _launch(base: Path) -> dict:
     runs = {}
     for name, (steps, lr) in SHORT.items():
         runs[name] = RunDir(base / name / "run")
-        rc, out, err = in_process(
-            "run", REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
-            "run.epochs=None", f"run.max_steps={steps}", f"optim.lr={lr}",
-            f"eval.every={steps}", "checkpoint.every=0", f"run.output_dir={runs[name].root}",
-            "--dry-run")
-        assert rc == 0 and "not launched (--dry-run)" in out, (name, err)
+        together.plan_run(REPO / "recipes" / f"tiny_{name}.py", "--nproc-per-node", "2",
+                          "run.epochs=None", f"run.max_steps={steps}", f"optim.lr={lr}",
+                          f"eval.every={steps}", "checkpoint.every=0",
+                          f"run.output_dir={runs[name].root}")
     return {"runs": runs, "proc": together.in_turn(*(rd.plan for rd in runs.values()), nproc=2,
                                                    background=True)}
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, TINY, in_process
-from together import finish, in_turn
+from conftest import REPO, TINY
+from together import finish, in_turn, plan_run
 from launcher.run_dir import RunDir
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
@@ -59,18 +59,16 @@ def runs(tmp_path_factory):
     empty_train = _jsonl(tmp / "train.jsonl", rows)
     empty_eval = _jsonl(tmp / "eval.jsonl", rows[:101])
     out = {"csv": RunDir(tmp / "csv-run"), "empty": RunDir(tmp / "empty-run")}
-    planned = {
-        "csv": in_process("run", TINY, f"data.train={train}", f"data.eval={evaluation}",
-                          "data.label_column=topic", f"run.output_dir={out['csv'].root}",
-                          "run.epochs=1", "scale.micro_batch=16", "--dry-run"),
-        "empty": in_process("run", TINY, f"data.train={empty_train}", f"data.eval={empty_eval}",
-                            f"run.output_dir={out['empty'].root}", "run.epochs=1",
-                            "run.trace_examples=true", "--dry-run")}
-    for rc, stdout, stderr in planned.values():
-        assert rc == 0 and "not launched (--dry-run)" in stdout, stderr
+    said = {
+        "csv": plan_run(TINY, f"data.train={train}", f"data.eval={evaluation}",
+                        "data.label_column=topic", f"run.output_dir={out['csv'].root}",
+                        "run.epochs=1", "scale.micro_batch=16"),
+        "empty": plan_run(TINY, f"data.train={empty_train}", f"data.eval={empty_eval}",
+                          f"run.output_dir={out['empty'].root}", "run.epochs=1",
+                          "run.trace_examples=true")}
     proc = finish(in_turn(*(rd.plan for rd in out.values())))
     assert proc.returncode == 0, proc.stdout[-4000:]
-    return {name: (out[name], planned[name][1]) for name in out}
+    return {name: (out[name], said[name]) for name in out}
 
 
 def test_csv_train_with_label_names_and_parquet_eval(runs):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, in_process
-from together import finish, in_turn
+from conftest import TINY
+from together import finish, in_turn, plan_run
 from launcher.run_dir import RunDir
 
 
@@ -29,9 +29,7 @@ def _overrides(out, micro: int, accum: int) -> list:
 def _train_all(tmp_path, **runs: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:
     plan_dirs = []
     for name, (micro, accum) in runs.items():
-        rc, out, err = in_process("run", TINY, *_overrides(tmp_path / name, micro, accum),
-                                  "--dry-run")
-        assert rc == 0 and "not launched (--dry-run)" in out, err
+        plan_run(TINY, *_overrides(tmp_path / name, micro, accum))
         plan_dirs.append(RunDir(tmp_path / name).plan)
     proc = finish(in_turn(*plan_dirs))
     assert proc.returncode == 0, proc.stdout[-4000:]

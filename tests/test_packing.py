@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from conftest import REPO, TINY, in_process
+from conftest import REPO, TINY
 from launcher.engine import packing
-from together import finish, in_turn
+from together import finish, in_turn, plan_run
 
 TOL = 1e-5
 
@@ -105,9 +105,7 @@ def runs(tmp_path_factory):
     trained in turn by one 2-rank process group (together.in_turn): name -> run directory."""
     root = tmp_path_factory.mktemp("packing")
     for name, extra in VARIANTS.items():
-        rc, out, err = in_process("run", *RUN, *extra, f"run.output_dir={root / name}",
-                                  "--dry-run")
-        assert rc == 0 and "not launched (--dry-run)" in out, err
+        plan_run(*RUN, *extra, f"run.output_dir={root / name}")
     proc = finish(in_turn(*(root / name / "plan" for name in VARIANTS), nproc=2))
     assert proc.returncode == 0, proc.stdout[-4000:]
     return {name: root / name for name in VARIANTS}

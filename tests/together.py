@@ -3,7 +3,6 @@ tiny launch is start-up (imports, torchrun), which overlaps well even on 2 cores
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,7 +12,7 @@ from typing import Any, Callable
 
 import psutil
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, in_process
 
 
 def start(args: list, fault: str | None = None, background: bool = False,
@@ -46,6 +45,14 @@ def in_turn(*plan_dirs: Path, nproc: int = 1, background: bool = False) -> subpr
     as torchrun is."""
     return torchrun(REPO / "tests" / "train_in_turn.py", nproc, *plan_dirs,
                     background=background, OMP_NUM_THREADS="1")
+
+
+def plan_run(*args) -> str:
+    """`launcher run ARGS --dry-run` in this process: the run's plan written as a launch writes
+    it (for in_turn), checked to have been; what it printed."""
+    rc, out, err = in_process("run", *args, "--dry-run")
+    assert rc == 0 and "not launched (--dry-run)" in out, err
+    return out
 
 
 def cell_outputs(stdout: str) -> dict[str, str]:
@@ -114,16 +121,13 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
 # and not slow those tests down. Nice 19 does that between processes; Linux's autogroups
 # (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
 # session of its own, and each rank another, so each of those groups gets nice 19 as well.
-# Every process of the launch does both for itself as it starts (background/sitecustomize.py):
-# watching the launch's process tree from here instead cost pytest ~2 ms of CPU a look, five
-# looks a second for each launch, beside the foreground tests. Once a test waits for a
-# background launch, nothing else wants the CPU and it runs at full speed.
-_BACKGROUND_SITE = Path(__file__).resolve().parent / "background"
-
-
+# Every process of the launch does both for itself as it starts (launched/sitecustomize.py,
+# which every launched process runs, when this variable is set): watching the launch's
+# process tree from here instead cost pytest ~2 ms of CPU a look, five looks a second for each
+# launch, beside the foreground tests. Once a test waits for a background launch, nothing else
+# wants the CPU and it runs at full speed.
 def _background_env(env: dict[str, str]) -> dict[str, str]:
-    return dict(env, PYTHONPATH=os.pathsep.join(
-        p for p in (str(_BACKGROUND_SITE), env.get("PYTHONPATH")) if p))
+    return dict(env, LAUNCHER_TESTS_BACKGROUND="1")
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
