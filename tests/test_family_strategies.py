@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, TINY, cli_env
+from conftest import REPO, TINY
 import tiny_families
+from together import finish, in_turn
 from launcher import families
 from launcher.checkpoint import store
 from launcher.plan.render import write as write_plan
@@ -53,11 +52,8 @@ def matrix(tmp_path_factory):
             write_plan(plan, out / "plan")
             plan_dirs.append(str(out / "plan"))
             cells[strategy, family] = out
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(REPO / "tests" / "train_in_turn.py"),
-                           *plan_dirs], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = finish(in_turn(*plan_dirs, nproc=2), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-8000:]
     return models, cells
 
 
