@@ -4,8 +4,10 @@ the repository root; and the `slow` marker: `pytest -m "not slow"` is the quick 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("COLUMNS", "400")
 
 REPO = Path(__file__).resolve().parent.parent
+# What the processes of this session leave for each other (tests/launched/sitecustomize.py):
+# transformers' table of lazy imports, built by the first of them.
+IMPORT_CACHE = Path(tempfile.mkdtemp(prefix="launcher-tests-"))
 TINY = REPO / "recipes" / "tiny_news.py"
 
 
@@ -101,6 +106,10 @@ def pytest_runtest_logreport(report):
         _unmarked_slow.append((report.duration, report.nodeid))
 
 
+def pytest_unconfigure(config):
+    shutil.rmtree(IMPORT_CACHE, ignore_errors=True)
+
+
 def pytest_terminal_summary(terminalreporter):
     if _unmarked_slow:
         terminalreporter.section(f"tests over {QUICK_LIMIT_S:g} s not marked slow "
@@ -127,10 +136,11 @@ def _early_launches(request, tmp_path_factory):
 
 
 def cli_env() -> dict[str, str]:
-    """The environment of every process the tests launch: offline, and the test extra's
-    reference packages hidden from it (tests/launched/sitecustomize.py)."""
+    """The environment of every process the tests launch: offline, the test extra's reference
+    packages hidden from it, transformers' import table shared (tests/launched/sitecustomize.py)."""
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
-                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join(
+                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu",
+                LAUNCHER_TESTS_IMPORT_CACHE=str(IMPORT_CACHE), PYTHONPATH=os.pathsep.join(
                     p for p in (str(REPO / "tests" / "launched"), os.environ.get("PYTHONPATH"))
                     if p))
 
