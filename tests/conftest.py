@@ -20,9 +20,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("COLUMNS", "400")
 
 REPO = Path(__file__).resolve().parent.parent
-# What the processes of this session leave for each other (tests/launched/sitecustomize.py):
-# transformers' table of lazy imports, built by the first of them.
-IMPORT_CACHE = Path(tempfile.mkdtemp(prefix="launcher-tests-"))
+# What the processes of a test session leave for each other (tests/launched/sitecustomize.py):
+# transformers' table of lazy imports, built by the first of them. Made by pytest_configure.
+_import_cache: list[Path] = []
 TINY = REPO / "recipes" / "tiny_news.py"
 
 
@@ -106,8 +106,13 @@ def pytest_runtest_logreport(report):
         _unmarked_slow.append((report.duration, report.nodeid))
 
 
+def pytest_configure(config):
+    _import_cache.append(Path(tempfile.mkdtemp(prefix="launcher-tests-")))
+
+
 def pytest_unconfigure(config):
-    shutil.rmtree(IMPORT_CACHE, ignore_errors=True)
+    for directory in _import_cache:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -138,11 +143,13 @@ def _early_launches(request, tmp_path_factory):
 def cli_env() -> dict[str, str]:
     """The environment of every process the tests launch: offline, the test extra's reference
     packages hidden from it, transformers' import table shared (tests/launched/sitecustomize.py)."""
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
-                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu",
-                LAUNCHER_TESTS_IMPORT_CACHE=str(IMPORT_CACHE), PYTHONPATH=os.pathsep.join(
-                    p for p in (str(REPO / "tests" / "launched"), os.environ.get("PYTHONPATH"))
-                    if p))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
+               PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join(
+                   p for p in (str(REPO / "tests" / "launched"), os.environ.get("PYTHONPATH"))
+                   if p))
+    if _import_cache:
+        env["LAUNCHER_TESTS_IMPORT_CACHE"] = str(_import_cache[-1])
+    return env
 
 
 def launcher(*args: str, timeout: int = 300, fault: str | None = None) -> subprocess.CompletedProcess:

@@ -7,13 +7,15 @@ import json
 
 from rich.console import Console
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, cli_env
 from launcher import plan as plan_mod
 from launcher.executors.local import LocalExecutor
 from launcher.recipe.load import load
 
 
-def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
+def test_failing_rank_is_named_with_its_log(tmp_path, capsys, monkeypatch):
+    for key, value in cli_env().items():  # the executor's launch inherits this environment
+        monkeypatch.setenv(key, value)
     rows = [json.loads(line) for line in (REPO / "data/tiny_news/train.jsonl").read_text().splitlines()[:400]]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
