@@ -8,6 +8,8 @@ of them by mistake would fail here as it would for a user. It also spares every 
 transformers' import of scipy.optimize (its object-detection loss imports it whenever scipy is
 installed): ~0.45 s of CPU a rank, ~100 ranks a suite (benchmarks/NOTES.md §6c).
 
+It also shares transformers' table of lazy imports between the session's processes (below).
+
 A process of a background launch (BACKGROUND set, tests/together.py) takes nice 19, and one
 that leads a session of its own (torchrun, each rank) gives that session's autogroup nice 19
 too. Linux shares the CPU between autogroups first, so nice alone would not keep a rank behind
@@ -35,8 +37,8 @@ if os.environ.get(BACKGROUND):
 
 
 # transformers builds the table of its lazy imports by reading every file of its models/ tree
-# (3,348 files in 5.24) at every `import transformers`: ~0.55 s of CPU in each of the suite's
-# ~170 rank processes. The table is a function of the installed files alone, so the first
+# (3,348 files in 5.24) at every `import transformers`: ~0.6 s of CPU in each of the suite's
+# ~100 rank processes (benchmarks/NOTES.md §6d). The table is a function of the installed files alone, so the first
 # process of a test session to build it leaves it in the session's directory (CACHE, made by
 # conftest.py) and the others read it back. Only that table is cached: transformers' modules
 # are imported as ever. marshal, not pickle: reading the cache back runs no code. Should
@@ -46,6 +48,7 @@ PATCHED = "transformers.utils.import_utils"
 
 
 def _cache_import_structure(module) -> None:
+    import contextlib
     import functools
     import hashlib
     import marshal
@@ -53,9 +56,12 @@ def _cache_import_structure(module) -> None:
     from importlib.metadata import version
 
     build = getattr(getattr(module, "define_import_structure", None), "__wrapped__", None)
+    try:
+        directory, release = os.environ[CACHE], version("transformers")
+    except Exception:  # no metadata to key the cache by: leave transformers as it is
+        return
     if build is None:
         return
-    directory, release = os.environ[CACHE], version("transformers")
 
     @functools.lru_cache  # as upstream's: one table a path, the same object every call
     def define_import_structure(module_path, prefix=None):
@@ -68,14 +74,14 @@ def _cache_import_structure(module) -> None:
             pass
         structure = build(module_path, prefix)
         # Written before it is returned: transformers' __init__ adds its own names to it.
-        with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False) as out:
-            try:
+        try:
+            with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False) as out:
+                written = out.name
                 marshal.dump(structure, out)
-            except ValueError:  # a value marshal cannot write: not cached
-                out.close()
-                os.unlink(out.name)
-                return structure
-        os.replace(out.name, path)
+            os.replace(written, path)
+        except (OSError, ValueError):  # the session's directory gone; a value marshal refuses
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(written)
         return structure
 
     module.define_import_structure = define_import_structure
