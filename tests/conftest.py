@@ -20,10 +20,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("COLUMNS", "400")
 
 REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "recipes" / "tiny_news.py"
 # What the processes of a test session leave for each other (tests/launched/sitecustomize.py):
 # transformers' table of lazy imports, built by the first of them. Made by pytest_configure.
 _import_cache: list[Path] = []
-TINY = REPO / "recipes" / "tiny_news.py"
 
 
 # `slow`: every test that launches torchrun or Slurm, or takes more than ~2 s on 2 cores. Marked
@@ -48,6 +48,7 @@ SLOW: dict[str, set[str] | None] = {
     "test_family_strategies": None,
     "test_fuzz_plan": None,
     "test_grad_accum": None,
+    "test_launched_env": None,
     "test_malformed_data": {"test_eval_data_and_predict_file_name_the_malformed_line",
                             "test_predict_file_needs_the_text_column_only"},
     "test_metrics": {"test_classification_matches_sklearn_on_random_data"},
@@ -142,7 +143,8 @@ def _early_launches(request, tmp_path_factory):
 
 def cli_env() -> dict[str, str]:
     """The environment of every process the tests launch: offline, the test extra's reference
-    packages hidden from it, transformers' import table shared (tests/launched/sitecustomize.py)."""
+    packages hidden from it, and transformers' import table shared between them
+    (tests/launched/sitecustomize.py; tests/test_launched_env.py)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", COLUMNS="400",
                PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join(
                    p for p in (str(REPO / "tests" / "launched"), os.environ.get("PYTHONPATH"))
