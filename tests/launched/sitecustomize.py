@@ -38,11 +38,13 @@ if os.environ.get(BACKGROUND):
 
 # transformers builds the table of its lazy imports by reading every file of its models/ tree
 # (3,348 files in 5.24) at every `import transformers`: ~0.6 s of CPU in each of the suite's
-# ~100 rank processes (benchmarks/NOTES.md §6d). The table is a function of the installed files alone, so the first
-# process of a test session to build it leaves it in the session's directory (CACHE, made by
-# conftest.py) and the others read it back. Only that table is cached: transformers' modules
-# are imported as ever. marshal, not pickle: reading the cache back runs no code. Should
-# transformers drop or rename this function, nothing is cached and nothing else changes.
+# ~100 rank processes (benchmarks/NOTES.md §6d). The table is a function of the installed
+# files alone, so the first process of a test session to build it leaves it in the session's
+# directory (CACHE, made by conftest.py) and the others read it back. Only that table is
+# cached: transformers' modules are imported as ever. marshal, not pickle: reading the cache
+# back runs no code. Should transformers drop or rename this function, nothing is cached and
+# nothing else changes. tests/test_launched_env.py checks that the table read back is the one
+# transformers builds.
 CACHE = "LAUNCHER_TESTS_IMPORT_CACHE"
 PATCHED = "transformers.utils.import_utils"
 
@@ -74,14 +76,16 @@ def _cache_import_structure(module) -> None:
             pass
         structure = build(module_path, prefix)
         # Written before it is returned: transformers' __init__ adds its own names to it.
+        written = None
         try:
             with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False) as out:
                 written = out.name
                 marshal.dump(structure, out)
             os.replace(written, path)
         except (OSError, ValueError):  # the session's directory gone; a value marshal refuses
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(written)
+            if written:
+                with contextlib.suppress(OSError):
+                    os.unlink(written)
         return structure
 
     module.define_import_structure = define_import_structure
@@ -103,6 +107,8 @@ class _Patching:
 
 
 class _ThenPatch:
+    """The module's own loader, with the patch applied once the module has run."""
+
     def __init__(self, loader):
         self.loader = loader
 
