@@ -12,7 +12,7 @@ import sys
 from conftest import REPO, cli_env
 
 # The table of transformers' models/ tree, as a launched process ends up with it, in JSON:
-# sets and frozensets as sorted lists. `built` says whether this process built it itself.
+# sets and frozensets as sorted lists; `patched` says whether the cache served this process.
 SHOW = """
 import json, sys
 from pathlib import Path

@@ -37,7 +37,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import TINY, in_process
-from together import Early, finish, in_turn
+from together import Early, finish_in_turn, in_turn
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -88,8 +88,7 @@ def stopped(tmp_path_factory) -> dict:
     what Trainer.train returned)}."""
     started = EARLY.start(tmp_path_factory)
     root, proc = started["root"], started["proc"]
-    output = finish(proc, timeout=900).stdout
-    assert proc.returncode == 0, output[-8000:]
+    finish_in_turn(proc, timeout=900)
     return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
             for name in NAMES}
 
@@ -117,9 +116,7 @@ def resumed(stopped) -> dict:
         rc, out, err = in_process("resume", stopped[name][0].root, "--dry-run")
         assert rc == 0, out + err
         said[name] = out
-    proc = in_turn(*(stopped[name][0].plan for name in names), nproc=2)
-    output = finish(proc, timeout=900).stdout
-    assert proc.returncode == 0, output[-8000:]
+    finish_in_turn(in_turn(*(stopped[name][0].plan for name in names), nproc=2), timeout=900)
     return {name: (said[name], json.loads((stopped[name][0].root / "cell.json").read_text()))
             for name in names}
 

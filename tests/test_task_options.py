@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, TINY
 from launcher.recipe.load import load
 from launcher.run_dir import RunDir
-from together import Early, finish, in_turn, plan_run
+from together import Early, finish_in_turn, in_turn, plan_run
 
 
 def test_balanced_class_weights_are_counted_from_the_training_data(tmp_path, cli):
@@ -74,8 +74,7 @@ EARLY = Early("options", _launch, reads=("runs",))  # with the session: this mod
 def runs(tmp_path_factory):
     """name -> (run directory, what the runs printed) of the two runs."""
     started = EARLY.start(tmp_path_factory)
-    done = finish(started["proc"])
-    assert done.returncode == 0, done.stdout[-4000:]
+    done = finish_in_turn(started["proc"])
     return {name: (started["root"] / name, done.stdout) for name in RUNS}
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import psutil
 
 from conftest import REPO, cli_env, in_process
+from train_in_turn import CELL
 
 
 def start(args: list, fault: str | None = None, background: bool = False,
@@ -47,6 +48,15 @@ def in_turn(*plan_dirs: Path, nproc: int = 1, background: bool = False) -> subpr
                     background=background, OMP_NUM_THREADS="1")
 
 
+def finish_in_turn(proc: subprocess.Popen,
+                   timeout: int = 600) -> subprocess.CompletedProcess:
+    """What an in_turn process printed, once every cell has trained; its exit status checked
+    to be 0 (on failure the end of its output, errors and all, is the message)."""
+    done = finish(proc, timeout)
+    assert done.returncode == 0, done.stdout[-8000:]
+    return done
+
+
 def plan_run(*args) -> str:
     """`launcher run ARGS --dry-run` in this process: the run's plan written as a launch writes
     it (for in_turn), checked to have been; what it printed."""
@@ -60,7 +70,7 @@ def cell_outputs(stdout: str) -> dict[str, str]:
     parts: dict[str, str] = {}
     run_dir = None
     for line in stdout.splitlines(keepends=True):
-        if line.startswith("CELL "):  # tests/train_in_turn.py's line before each cell
+        if line.startswith(f"{CELL} "):  # tests/train_in_turn.py's line before each cell
             run_dir = line.split(" ", 1)[1].strip()
             parts[run_dir] = ""
         elif run_dir is not None:
