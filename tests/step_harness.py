@@ -2,6 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node N tests/step_harness.py OUT
 
+(test_step_loss starts it through tests/torchrun_forked.py, which takes torchrun's arguments.)
+
 For each case (a tiny recipe and overrides) and each micro batch size of SPLITS[N], every rank
 builds what the trainer builds: the plan for N ranks (global batch 16: at 1 rank micro batches
 of 4 with accumulation 4, or one of 16; at 2 ranks 4 with accumulation 2, or one of 8), the

@@ -30,10 +30,11 @@ def start(args: list, fault: str | None = None, background: bool = False,
 
 def torchrun(script: Path, nproc: int, *args: str, background: bool = False,
              **env: str) -> subprocess.Popen:
-    """`python -m torch.distributed.run --standalone --nproc-per-node NPROC SCRIPT ARGS`
-    started, not waited for, output and errors together on its stdout; `background` as in
-    start."""
-    return _popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    """torchrun --standalone --nproc-per-node NPROC SCRIPT ARGS for one of the tests' own
+    harnesses, its ranks forked from an agent that has imported what they import
+    (tests/torchrun_forked.py: torchrun's own `--start-method fork --run-path`), started, not
+    waited for, output and errors together on its stdout; `background` as in start."""
+    return _popen([sys.executable, str(REPO / "tests" / "torchrun_forked.py"), "--standalone",
                    "--nproc-per-node", str(nproc), str(script), *map(str, args)],
                   dict(cli_env(), **env), background, merged=True,
                   start_new_session=background)
@@ -130,7 +131,8 @@ def launch_together(*runs: list, faults: tuple = (), timeout: int = 600,
 # fifth of the suite's time on 2 cores, while a test runs in-process or one launch starts up)
 # and not slow those tests down. Nice 19 does that between processes; Linux's autogroups
 # (CONFIG_SCHED_AUTOGROUP) share the CPU between sessions first, and torchrun is given a
-# session of its own, and each rank another, so each of those groups gets nice 19 as well.
+# session of its own, and each rank of a launch another (a harness's forked ranks stay in
+# torchrun's), so each of those groups gets nice 19 as well.
 # Every process of the launch does both for itself as it starts (launched/sitecustomize.py,
 # which every launched process runs, when this variable is set): watching the launch's
 # process tree from here instead cost pytest ~2 ms of CPU a look, five looks a second for each
