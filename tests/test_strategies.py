@@ -16,14 +16,16 @@ loss by 1e-3 or more.
 
 Two waves, each one 2-rank torchrun process group in which the engine's Trainer trains run
 after run (tests/train_in_turn.py: a launch per run would import torch, transformers and
-DeepSpeed on 22 ranks). First the DDP run and every strategy's run until its stop, made by
+DeepSpeed on 22 ranks), one after the other in the background from the session's start (a
+together.Chain). First the DDP run and every strategy's run until its stop, made by
 launcher's own planning (the stop is the plan's fault, as a launch with LAUNCHER_FAULT writes
-it). Then every stopped run is resumed: `launcher resume --dry-run` picks its checkpoint and
-writes its plan, and a second process group, which has nothing of the first but the files it
-left, trains those plans (the stopped-run checks come before: the resumes keep only the last 2
-checkpoints). A real `launcher resume` launch, its exit status and its torchrun, is tested
-for DDP by test_resume.py and for ZeRO-2 by test_ctrl_c.py. Eval is not under test here: 32
-examples at the last step, the same in every run.
+it). Then a copy of every stopped run is resumed (the stopped runs stay as wave 1 left them,
+for their own checks: a resume keeps only the last 2 checkpoints): `launcher resume
+--dry-run` picks its checkpoint and writes its plan, and a second process group, which has
+nothing of the first but the files it left, trains those plans. A real `launcher resume`
+launch, its exit status and its torchrun, is tested for DDP by test_resume.py and for ZeRO-2
+by test_ctrl_c.py. Eval is not under test here: 32 examples at the last step, the same in
+every run.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY, in_process
-from together import Early, finish_in_turn, in_turn
+from conftest import TINY
+from together import Chain, Early, in_turn
 from manifest_check import assert_manifest_is_what_each_rank_wrote
 from launcher.checkpoint import store, trust
 from launcher.engine import faults
@@ -65,8 +69,10 @@ def losses(rd: RunDir) -> dict[int, float]:
 NAMES = ("ddp", *STRATEGIES)
 
 
-def _wave_1(root: Path) -> dict:
-    """The plans of wave 1, made by launcher's own planning, started in the background."""
+def _waves(root: Path) -> dict:
+    """The plans of wave 1, made by launcher's own planning; both waves started in the
+    background, one after the other. `wave_1` gets wave 1's finished process and
+    `wave_1_done` is set when it has one (or the chain has failed)."""
     plan_dirs = []
     for name in NAMES:
         plan = build(load(TINY, [*OVERRIDES, f"scale.strategy={name}"]),
@@ -75,10 +81,37 @@ def _wave_1(root: Path) -> dict:
             plan = dataclasses.replace(plan, faults=faults.parse(STOP))
         write_plan(plan, RunDir(root / name).plan)
         plan_dirs.append(RunDir(root / name).plan)
-    return {"root": root, "proc": in_turn(*plan_dirs, nproc=2, background=True)}
+    wave_1: dict = {}
+    wave_1_done = threading.Event()
+
+    def work(chain: Chain) -> dict:
+        try:
+            wave_1["done"] = chain.run(lambda: in_turn(*plan_dirs, nproc=2, background=True),
+                                       timeout=900)
+        finally:
+            wave_1_done.set()
+        if wave_1["done"].returncode != 0:
+            return {}  # the stopped fixture fails with its output
+        names = [name for name in STRATEGIES
+                 if json.loads((root / name / "cell.json").read_text())["result"].get("preempted")]
+        copies = {name: RunDir(root / "resumed" / name) for name in names}
+        for name, copy in copies.items():
+            shutil.copytree(root / name, copy.root, symlinks=True)
+        said = {}
+        for name, proc in zip(names, chain.launch(*(["resume", copy.root, "--dry-run"]
+                                                    for copy in copies.values()))):
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            said[name] = proc.stdout
+        done = chain.run(lambda: in_turn(*(copy.plan for copy in copies.values()), nproc=2,
+                                         background=True), timeout=900)
+        assert done.returncode == 0, done.stdout[-8000:]
+        return {name: (copy, said[name], json.loads((copy.root / "cell.json").read_text()))
+                for name, copy in copies.items()}
+
+    return {"root": root, "wave_1": wave_1, "wave_1_done": wave_1_done, "chain": Chain(work)}
 
 
-EARLY = Early("strategies", _wave_1, reads=("stopped",))  # wave 1, with the session
+EARLY = Early("strategies", _waves, reads=("stopped", "resumed"))  # with the session
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +120,12 @@ def stopped(tmp_path_factory) -> dict:
     rank 1 after step SIGNAL_AT, in turn in one process group. {name: (run dir, its cell:
     what Trainer.train returned)}."""
     started = EARLY.start(tmp_path_factory)
-    root, proc = started["root"], started["proc"]
-    finish_in_turn(proc, timeout=900)
+    root = started["root"]
+    assert started["wave_1_done"].wait(1200), "wave 1 did not end in 1200 s"
+    if "done" not in started["wave_1"]:
+        started["chain"].result()  # raises what stopped it
+    done = started["wave_1"]["done"]
+    assert done.returncode == 0, done.stdout[-8000:]
     return {name: (RunDir(root / name), json.loads((root / name / "cell.json").read_text()))
             for name in NAMES}
 
@@ -104,21 +141,13 @@ def ddp(stopped) -> RunDir:
 
 
 @pytest.fixture(scope="module")
-def resumed(stopped) -> dict:
-    """Wave 2 (after the stopped-run tests: pytest runs this file's tests in order): every
-    stopped run resumed. `launcher resume RUN_DIR --dry-run` here does all a resume does before
-    its launch (the checkpoint it goes on from, the refusals, the plan it writes); then one
-    2-rank process group started afresh, with nothing of wave 1 but the run directories'
-    files, trains those plans in turn. {name: (what the resume printed, its cell)}."""
-    names = [name for name in STRATEGIES if stopped[name][1]["result"].get("preempted")]
-    said = {}
-    for name in names:
-        rc, out, err = in_process("resume", stopped[name][0].root, "--dry-run")
-        assert rc == 0, out + err
-        said[name] = out
-    finish_in_turn(in_turn(*(stopped[name][0].plan for name in names), nproc=2), timeout=900)
-    return {name: (said[name], json.loads((stopped[name][0].root / "cell.json").read_text()))
-            for name in names}
+def resumed(stopped, tmp_path_factory) -> dict:
+    """Wave 2: a copy of every stopped run resumed. `launcher resume COPY --dry-run` does all
+    a resume does before its launch (the checkpoint it goes on from, the refusals, the plan it
+    writes); then one 2-rank process group started afresh, with nothing of wave 1 but the
+    copies' files, trains those plans in turn. {name: (the copy, what its resume printed,
+    its cell)}."""
+    return EARLY.start(tmp_path_factory)["chain"].result()
 
 
 def _stopped_at_the_signal(rd: RunDir, cell: dict) -> None:
@@ -196,9 +225,8 @@ def test_strategy_stopped_saves_its_own_checkpoint_format(tmp_path, stopped, cli
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_trains_like_ddp_and_resumes_from_its_own_checkpoint(ddp, stopped, resumed,
                                                                       strategy):
-    rd, cell = stopped[strategy]
-    assert cell["result"] == {"preempted": True, "step": SIGNAL_AT + 1}, cell
-    said, second = resumed[strategy]
+    assert stopped[strategy][1]["result"] == {"preempted": True, "step": SIGNAL_AT + 1}
+    rd, said, second = resumed[strategy]
     assert f"resuming {rd.root} from step {SIGNAL_AT + 1} of {STEPS}" in said, said
     assert second["result"]["steps"] == STEPS, second
     assert json.loads(rd.summary.read_text())["resumed_from"] == SIGNAL_AT + 1

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, decoded_per_epoch, launcher
+from conftest import REPO, TINY, decoded_per_epoch
+import together
 from launcher import plan as plan_mod
 from launcher import tasks
 from launcher.engine import data
@@ -150,19 +151,38 @@ def test_fewer_shards_than_readers_reads_the_whole_stream_and_says_so(tmp_path, 
                "whole stream and keeps its 1/2" in r.getMessage() for r in caplog.records)
 
 
-def test_two_ranks_read_their_own_shards(tmp_path):
+def _launched(root: Path) -> dict:
+    """The 2-rank launch of test_two_ranks_read_their_own_shards, started, not waited for."""
+    sizes = tuple(n // 4 for n in SIZES)
+    pattern = write_shards(root / "parts", sizes)
+    out = RunDir(root / "run")
+    args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=32",
+            "data.eval=None", "scale.micro_batch=4", "scale.global_batch=24", "run.epochs=1"]
+    proc = together.start(["run", TINY, *args, "--nproc-per-node", "2",
+                           f"run.output_dir={out.root}", "checkpoint.every=5",
+                           "checkpoint.keep_last=3", "run.trace_examples=true"],
+                          background=True)
+    return {"sizes": sizes, "args": args, "out": out, "proc": proc}
+
+
+# With the session (conftest.py): this module comes late, when little else is left to run.
+EARLY = together.Early("launched", _launched, reads=("launched",))
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict:
+    started = EARLY.start(tmp_path_factory)
+    proc = together.finish(started["proc"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return started
+
+
+def test_two_ranks_read_their_own_shards(launched):
     """One 2-rank launch on 6 shards: each rank logs that it reads only its shards and
     decodes about half of the rows an epoch. Its step-5 checkpoint records where both
     ranks' readers stood (gathered at save), and the rest of the epoch read from it on 3
     ranks trains, step by step, the examples the launch trained (its example ledger)."""
-    sizes = tuple(n // 4 for n in SIZES)
-    pattern = write_shards(tmp_path / "parts", sizes)
-    out = RunDir(tmp_path / "run")
-    args = [f"data.train={pattern}", "data.streaming=true", "data.shuffle_window=32",
-            "data.eval=None", "scale.micro_batch=4", "scale.global_batch=24", "run.epochs=1"]
-    proc = launcher("run", TINY, *args, "--nproc-per-node", "2", f"run.output_dir={out.root}",
-                    "checkpoint.every=5", "checkpoint.keep_last=3", "run.trace_examples=true")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sizes, args, out = launched["sizes"], launched["args"], launched["out"]
     logs = {p.stem: p.read_text() for p in out.logs.glob("rank*.log")}
     for rank in (0, 1):
         assert f"each worker of rank {rank} reads only its own shards" in logs[f"rank{rank}"]

@@ -20,7 +20,6 @@ from launcher.cli import main
 from launcher.engine.eval_main import run_eval
 from launcher.metrics.squad_v2 import squad_v2_report
 from launcher.run_dir import RunDir
-from together import launch_together
 
 
 EARLY = task_runs.EARLY  # the task runs, started with the session (conftest.py)
@@ -97,10 +96,7 @@ def test_qa_beats_always_null(trained):
 
 
 WORLD_EVAL = ("nli", "ner", "qa")
-# Also under torchrun at world size 3: QA, the task whose examples span several records (its
-# windows, which must meet on one rank); the gather and the file order are the same code for
-# every task, and a torchrun launch of 3 ranks costs ~15 s of CPU.
-AT_3 = ("qa",)
+AT_3 = task_runs.AT_3  # also under torchrun at world size 3, right after training
 
 
 def _written(out: Path) -> tuple[str, dict, str]:
@@ -113,17 +109,15 @@ def _written(out: Path) -> tuple[str, dict, str]:
 
 
 @pytest.fixture(scope="module")
-def at_world_3(trained):
-    """`launcher eval RUN --nproc-per-node 3` of each run in AT_3, launched together:
-    name -> what it wrote, read before anything else writes final-on-eval again."""
-    runs = [trained(name)[0] for name in AT_3]
-    done = launch_together(*[["eval", rd.root, "--nproc-per-node", "3"] for rd in runs],
-                           OMP_NUM_THREADS="1")
+def at_world_3(tmp_path_factory):
+    """`launcher eval RUN --nproc-per-node 3` of each run in AT_3, run after its training
+    (tests/task_runs.py): name -> what it wrote (a copy, made before anything else wrote
+    final-on-eval again)."""
     seen = {}
-    for name, rd, proc in zip(AT_3, runs, done):
+    for name, (proc, kept) in task_runs.at_world_3(tmp_path_factory).items():
         assert proc.returncode == 0, (name, proc.stdout[-3000:] + proc.stderr[-3000:])
         assert "(3 process(es))" in proc.stdout
-        seen[name] = _written(rd.eval / "final-on-eval")
+        seen[name] = _written(kept)
     return seen
 
 

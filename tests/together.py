@@ -191,6 +191,16 @@ class Chain:
                                  background=True, **kwargs) for i, args in enumerate(runs)]
         return [finish(proc, timeout) for proc in self._procs]
 
+    def run(self, begin: Callable[[], subprocess.Popen],
+            timeout: int = 600) -> subprocess.CompletedProcess:
+        """One process that `begin()` starts in the background (an in_turn or torchrun with
+        background=True), finished: a step of the chain that is not a `launcher` launch."""
+        with self._lock:
+            if self._stopped.is_set():
+                raise RuntimeError("stopped before this launch")
+            self._procs = [begin()]
+        return finish(self._procs[0], timeout)
+
     def result(self, timeout: int = 1200) -> Any:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"the chain did not end in {timeout} s"
