@@ -164,7 +164,8 @@ class Chain:
     """Launches that must run one after another (a run, then its resume), run in turn by a
     thread of this process in the background, for a module that reads them late: `work(chain)`
     makes them with `chain.launch(*runs, ...)` (launch_together's arguments: those runs at
-    once, each finished) and returns what the module's tests read; `result()` waits for it.
+    once, each finished) or `chain.run(begin)` (an in_turn, say), and returns what the
+    module's tests read; `result()` waits for it.
     `stop()` kills the launches under way and starts no more (a session that ended before
     reading them)."""
 
