@@ -164,7 +164,7 @@ class Chain:
     """Launches that must run one after another (a run, then its resume), run in turn by a
     thread of this process in the background, for a module that reads them late: `work(chain)`
     makes them with `chain.launch(*runs, ...)` (launch_together's arguments: those runs at
-    once, each finished) or `chain.run(begin)` (an in_turn, say), and returns what the
+    once, each finished) or `chain.in_turn(*plan_dirs, nproc=)`, and returns what the
     module's tests read; `result()` waits for it.
     `stop()` kills the launches under way and starts no more (a session that ended before
     reading them)."""
@@ -185,22 +185,24 @@ class Chain:
 
     def launch(self, *runs: list, faults: tuple = (), timeout: int = 600,
                **kwargs: Any) -> list[subprocess.CompletedProcess]:
-        with self._lock:
-            if self._stopped.is_set():
-                raise RuntimeError("stopped before this launch")
-            self._procs = [start(args, faults[i] if i < len(faults) else None,
-                                 background=True, **kwargs) for i, args in enumerate(runs)]
-        return [finish(proc, timeout) for proc in self._procs]
+        procs = self._begin(lambda: [start(args, faults[i] if i < len(faults) else None,
+                                           background=True, **kwargs)
+                                     for i, args in enumerate(runs)])
+        return [finish(proc, timeout) for proc in procs]
 
-    def run(self, begin: Callable[[], subprocess.Popen],
-            timeout: int = 600) -> subprocess.CompletedProcess:
-        """One process that `begin()` starts in the background (an in_turn or torchrun with
-        background=True), finished: a step of the chain that is not a `launcher` launch."""
+    def in_turn(self, *plan_dirs: Path, nproc: int = 1,
+                timeout: int = 600) -> subprocess.CompletedProcess:
+        """together.in_turn of PLAN_DIRS, in the background, finished and checked as
+        finish_in_turn checks it: a step of the chain that is not a `launcher` launch."""
+        proc, = self._begin(lambda: [in_turn(*plan_dirs, nproc=nproc, background=True)])
+        return finish_in_turn(proc, timeout)
+
+    def _begin(self, begin: Callable[[], list[subprocess.Popen]]) -> list[subprocess.Popen]:
         with self._lock:
             if self._stopped.is_set():
                 raise RuntimeError("stopped before this launch")
-            self._procs = [begin()]
-        return finish(self._procs[0], timeout)
+            self._procs = begin()
+            return self._procs
 
     def result(self, timeout: int = 1200) -> Any:
         self._thread.join(timeout)

@@ -35,7 +35,6 @@ if os.environ.get(BACKGROUND):
         pass
 
 
-
 # transformers builds the table of its lazy imports by reading every file of its models/ tree
 # (3,348 files in 5.24) at every `import transformers`: ~0.6 s of CPU in each of the suite's
 # ~100 rank processes (benchmarks/NOTES.md §6d). The table is a function of the installed
